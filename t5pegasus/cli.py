@@ -1,0 +1,74 @@
+"""The `t5pegasus` command: one entry point, one subcommand per job.
+
+Each subcommand lives in the package that does the work, as a module with
+`configure(parser: argparse.ArgumentParser) -> None` and `run(args: argparse.Namespace) -> int`.
+Those modules import heavy libraries (JAX, torch) inside `run`, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from t5pegasus import __version__
+from t5pegasus.errors import UserError
+
+# name -> (module, one-line help). A module that is not there yet is left out of the command.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("t5pegasus.training.cli", "pretrain a model (default: T5 PEGASUS on the demo corpus)"),
+    "prepare": ("t5pegasus.pretrain.cli_prepare", "turn raw text into a pretraining dataset"),
+    "vocab": ("t5pegasus.text.cli_vocab", "build a vocabulary (WordPiece + jieba, or sentencepiece)"),
+    "shuffle": ("t5pegasus.pretrain.cli_shuffle", "globally shuffle a text file larger than memory"),
+    "convert": ("t5pegasus.convert.cli", "convert checkpoints between run, HF, TF and Megatron formats"),
+    "finetune": ("t5pegasus.finetune.cli_finetune", "fine-tune a model on seq2seq or LM data"),
+    "generate": ("t5pegasus.finetune.cli_generate", "generate text from a model"),
+    "evaluate": ("t5pegasus.finetune.cli_evaluate", "evaluate a model with ROUGE and BLEU"),
+}
+
+
+def _available() -> dict[str, tuple[object, str]]:
+    found = {}
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name and module_name.startswith(e.name):
+                continue
+            raise
+        found[name] = (module, help_text)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="t5pegasus",
+        description="Pretrain, fine-tune, convert and run T5 PEGASUS / mT5 / UniLM / GPT models with JAX.",
+    )
+    parser.add_argument("--version", action="version", version=f"t5pegasus {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in _available().items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.configure(p)  # type: ignore[attr-defined]
+        p.set_defaults(_run=module.run)  # type: ignore[attr-defined]
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        print(f"t5pegasus {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"t5pegasus {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

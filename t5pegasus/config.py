@@ -1,0 +1,198 @@
+"""Model configurations: frozen dataclasses with named presets and JSON load/save.
+
+One dataclass per family (T5Config here; BertConfig and GPTConfig beside it). A config is the whole
+architectural description: two models built from equal configs have the same parameter tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, ClassVar, TypeVar
+
+from t5pegasus import fileio
+from t5pegasus.errors import UserError
+
+C = TypeVar("C", bound="ConfigBase")
+
+DTYPES = ("float32", "bfloat16", "float16")
+_FAMILIES: dict[str, type[ConfigBase]] = {}
+
+
+def _close_matches(name: str, choices: list[str]) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(name, choices, n=3)
+    return f" (did you mean {', '.join(near)}?)" if near else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigBase:
+    """Presets, validated replacement and JSON round trips shared by every family's config."""
+
+    family: ClassVar[str] = ""
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.family:
+            _FAMILIES[cls.family] = cls
+
+    @classmethod
+    def presets(cls) -> list[str]:
+        """Names accepted by `preset`."""
+        return sorted(cls.PRESETS)
+
+    @classmethod
+    def preset(cls: type[C], name: str, **overrides: Any) -> C:
+        """The named preset, with `overrides` applied. Unknown names are a UserError listing the choices."""
+        if name not in cls.PRESETS:
+            raise UserError(
+                f"unknown {cls.__name__} preset {name!r}{_close_matches(name, cls.presets())}; "
+                f"choose one of: {', '.join(cls.presets())}"
+            )
+        return cls.from_dict({**cls.PRESETS[name], **overrides})
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls: type[C], values: dict[str, Any]) -> C:
+        """Build from a dict; a key that is not a field is a UserError naming the fields that exist."""
+        values = {k: v for k, v in values.items() if k != "family"}
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            names = cls.field_names()
+            raise UserError(
+                f"unknown {cls.__name__} field(s): "
+                + ", ".join(f"{u!r}{_close_matches(u, names)}" for u in unknown)
+                + f"; the fields are: {', '.join(names)}"
+            )
+        return cls(**values)
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with `changes` applied (validated like `from_dict`)."""
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, **dataclasses.asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config as JSON, atomically."""
+        fileio.write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls: type[C], path: str | os.PathLike) -> C:
+        """Read a config written by `save` (the family must match this class)."""
+        config = load_config(path)
+        if not isinstance(config, cls):
+            raise UserError(f"{path} holds a {type(config).__name__}, not a {cls.__name__}")
+        return config
+
+    def _check(self, condition: bool, message: str) -> None:
+        if not condition:
+            raise UserError(f"invalid {type(self).__name__}: {message}")
+
+
+def load_config(path: str | os.PathLike) -> ConfigBase:
+    """Read any family's config JSON (the `family` key picks the class)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {path} is not valid JSON: {e}") from None
+    family = values.get("family")
+    if family not in _FAMILIES:
+        raise UserError(f"config file {path} names family {family!r}; known: {', '.join(sorted(_FAMILIES))}")
+    return _FAMILIES[family].from_dict(values)
+
+
+FEED_FORWARD_KINDS = ("relu", "gated-gelu", "gated-gelu-erf", "gated-silu", "gated-relu")
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config(ConfigBase):
+    """T5 / mT5 / T5 PEGASUS encoder-decoder.
+
+    The T5 PEGASUS release differs from HF mT5 by `cross_attention_bias` (cross-attention adds the decoder's
+    relative position bias), `scale_logits` (decoder output times d_model**-0.5 even when untied) and
+    exact-erf GELU (`feed_forward="gated-gelu-erf"`).
+    """
+
+    family: ClassVar[str] = "t5"
+
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_ff: int = 2048
+    num_heads: int = 8
+    d_kv: int = 64
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
+    dropout_rate: float = 0.1
+    layer_norm_epsilon: float = 1e-6
+    feed_forward: str = "relu"
+    tie_word_embeddings: bool = True
+    # None: scale the decoder output by d_model**-0.5 exactly when embeddings are tied (HF/T5 behaviour).
+    scale_logits: bool | None = None
+    cross_attention_bias: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat: bool = False
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    unk_token_id: int = 2
+    decoder_start_token_id: int = 0
+    initializer_factor: float = 1.0
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(vocab_size=128, d_model=32, d_ff=64, num_heads=4, d_kv=8, num_encoder_layers=2,
+                     num_decoder_layers=2, feed_forward="gated-gelu", tie_word_embeddings=False,
+                     dropout_rate=0.0),
+        "t5-small": dict(vocab_size=32128, d_model=512, d_ff=2048, num_heads=8, d_kv=64, num_encoder_layers=6,
+                         num_decoder_layers=6, feed_forward="relu", tie_word_embeddings=True),
+        "t5-v1_1-small": dict(vocab_size=32128, d_model=512, d_ff=1024, num_heads=6, d_kv=64,
+                              num_encoder_layers=8, num_decoder_layers=8, feed_forward="gated-gelu",
+                              tie_word_embeddings=False),
+        "mt5-small": dict(vocab_size=250112, d_model=512, d_ff=1024, num_heads=6, d_kv=64, num_encoder_layers=8,
+                          num_decoder_layers=8, feed_forward="gated-gelu", tie_word_embeddings=False),
+        "t5-pegasus-small": dict(vocab_size=50000, d_model=512, d_ff=1024, num_heads=6, d_kv=64,
+                                 num_encoder_layers=8, num_decoder_layers=8, feed_forward="gated-gelu-erf",
+                                 tie_word_embeddings=False, scale_logits=True, cross_attention_bias=True,
+                                 pad_token_id=0, unk_token_id=100, decoder_start_token_id=101,
+                                 eos_token_id=102),
+        "t5-pegasus-base": dict(vocab_size=50000, d_model=768, d_ff=2048, num_heads=12, d_kv=64,
+                                num_encoder_layers=12, num_decoder_layers=12, feed_forward="gated-gelu-erf",
+                                tie_word_embeddings=False, scale_logits=True, cross_attention_bias=True,
+                                pad_token_id=0, unk_token_id=100, decoder_start_token_id=101,
+                                eos_token_id=102),
+    }
+
+    def __post_init__(self) -> None:
+        self._check(self.feed_forward in FEED_FORWARD_KINDS,
+                    f"feed_forward {self.feed_forward!r} is not one of {', '.join(FEED_FORWARD_KINDS)}")
+        self._check(self.dtype in DTYPES and self.param_dtype in DTYPES,
+                    f"dtype and param_dtype must be one of {', '.join(DTYPES)}")
+        for name in ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "relative_buckets",
+                     "relative_max_distance"):
+            self._check(getattr(self, name) > 0, f"{name} must be positive")
+        self._check(self.num_encoder_layers >= 0 and self.num_decoder_layers > 0, "layer counts must be positive")
+        self._check(0.0 <= self.dropout_rate < 1.0, "dropout_rate must be in [0, 1)")
+
+    @property
+    def logits_scaled(self) -> bool:
+        """Whether the decoder output is multiplied by d_model**-0.5 before the LM head."""
+        return self.tie_word_embeddings if self.scale_logits is None else self.scale_logits
+
+    @property
+    def gated(self) -> bool:
+        return self.feed_forward.startswith("gated-")
