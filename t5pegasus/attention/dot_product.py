@@ -1,7 +1,8 @@
 """Scaled dot-product attention over [batch, length, heads, head_dim] tensors.
 
-`dot_product_attention` is the reference XLA path: scores in float32, additive bias, boolean mask applied
-with a dtype-safe finite negative, softmax in float32, result cast back to the input dtype.
+`einsum_attention` is the reference XLA path: scores in float32, additive bias, boolean mask applied with a
+dtype-safe finite negative, softmax in float32, result cast back to the input dtype. `dot_product_attention`
+runs the same computation on the backend `kernels.resolve_backend` picks (fused kernels on GPU/TPU).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from t5pegasus.attention.masks import mask_value
+from t5pegasus.attention import kernels
+from t5pegasus.attention.masks import causal_mask, combine, mask_value
 
 
 def attention_scores(q: Array, k: Array, scale: float | None = None) -> Array:
@@ -29,6 +31,30 @@ def masked_softmax(scores: Array, bias: Array | None = None, mask: Array | None 
     return jax.nn.softmax(scores, axis=-1)
 
 
+def attention_from_scores(
+    scores: Array, v: Array, bias: Array | None = None, mask: Array | None = None, dtype=None
+) -> Array:
+    """softmax(scores + bias, masked) v for [b, h, q, k] scores and v [b, k, h, d]; returns [b, q, h, d]."""
+    weights = masked_softmax(scores, bias, mask)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.astype(v.dtype if dtype is None else dtype)
+
+
+def einsum_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    scale: float | None = None,
+    is_causal: bool = False,
+) -> Array:
+    """The reference path: explicit scores, masked float32 softmax, weighted sum of v."""
+    if is_causal:
+        mask = combine(mask, causal_mask(q.shape[1], k.shape[1]))
+    return attention_from_scores(attention_scores(q, k, scale), v, bias, mask, dtype=q.dtype)
+
+
 def dot_product_attention(
     q: Array,
     k: Array,
@@ -36,12 +62,26 @@ def dot_product_attention(
     bias: Array | None = None,
     mask: Array | None = None,
     scale: float | None = None,
+    *,
+    is_causal: bool = False,
+    backend: str = "auto",
 ) -> Array:
     """softmax(scale * q k^T + bias, masked) v.
 
     q: [b, q, h, d]; k, v: [b, k, h, d]; bias: broadcastable to [b, h, q, k]; mask: bool, broadcastable
-    to [b, h, q, k]. Returns [b, q, h, d] in q's dtype.
+    to [b, h, q, k]; is_causal: also mask key j > query i (fused kernels then skip those blocks).
+    backend: "auto" (fastest that can take the call on this platform) or one of kernels.BACKENDS; a
+    backend that cannot take the call falls back (see kernels.py). Returns [b, q, h, d] in q's dtype.
     """
-    weights = masked_softmax(attention_scores(q, k, scale), bias, mask)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out.astype(q.dtype)
+    call = kernels.Call(
+        platform=jax.default_backend(),
+        dtype=q.dtype,
+        q_len=q.shape[1],
+        k_len=k.shape[1],
+        head_dim=q.shape[-1],
+        has_bias=bias is not None,
+        has_mask=mask is not None,
+    )
+    name = kernels.resolve_backend(backend, call)
+    fn = einsum_attention if name == "einsum" else kernels.FUSED[name]
+    return fn(q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal)

@@ -12,7 +12,8 @@ from jax import Array
 
 def padding_mask(query_valid: Array, key_valid: Array) -> Array:
     """[b, 1, q, k]: query i and key j are both real tokens (valid arrays are [b, len] bool/int)."""
-    return jnp.logical_and(query_valid.astype(bool)[:, None, :, None], key_valid.astype(bool)[:, None, None, :])
+    queries = query_valid.astype(bool)[:, None, :, None]
+    return jnp.logical_and(queries, key_valid.astype(bool)[:, None, None, :])
 
 
 def key_padding_mask(key_valid: Array, q_len: int = 1) -> Array:

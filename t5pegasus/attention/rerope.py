@@ -1,0 +1,122 @@
+"""ReRoPE and Leaky ReRoPE: RoPE with the relative position clipped (or compressed) beyond a window.
+
+With rel = i - j (query minus key position) and window w:
+- ReRoPE:        r = min(rel, w)
+- Leaky ReRoPE:  r = rel inside the window, w + (rel - w) / leaky beyond it (leaky > 1)
+- symmetric=True also clips the negative side, r = -f(-rel), for bidirectional (encoder) attention.
+Inside the window the scores equal RoPE's exactly. A RoPE score depends only on the relative position, so
+the clipped part is one more RoPE score with shifted positions: prefill computes two score matrices (three
+when symmetric) and picks per (i, j). Decoding stores un-rotated keys in the cache and rotates each cached
+key by its own clipped relative position (`rerope_decode_*`), which agrees with prefill row by row.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import Array
+
+from t5pegasus.attention.dot_product import attention_from_scores, attention_scores
+from t5pegasus.attention.rope import Layout, apply_rope, rope_angles, rotate
+
+
+def rerope_relative(rel: Array, window: int, leaky: float | None = None, symmetric: bool = False) -> Array:
+    """The (possibly fractional) relative position ReRoPE uses for query-minus-key distance `rel`."""
+    rel = jnp.asarray(rel, jnp.float32)
+
+    def clip(r: Array) -> Array:
+        far = window if leaky is None else window + (r - window) / leaky
+        return jnp.where(r < window, r, far)
+
+    if symmetric:
+        return jnp.where(rel >= 0, clip(rel), -clip(-rel))
+    return clip(rel)
+
+
+def rerope_scores(
+    q: Array,
+    k: Array,
+    window: int,
+    leaky: float | None = None,
+    scale: float | None = None,
+    q_offset: Array | int = 0,
+    layout: Layout = "interleaved",
+    base: float = 10000.0,
+    symmetric: bool = False,
+) -> Array:
+    """[b, h, q, k] scores of un-rotated q [b, q, h, d] (at q_offset + i) and k [b, k, h, d] (at j)."""
+    q_pos = jnp.arange(q.shape[1]) + q_offset
+    k_pos = jnp.arange(k.shape[1])
+    leak = 0.0 if leaky is None else 1.0 / leaky
+
+    def score(qp: Array, kp: Array) -> Array:
+        return attention_scores(apply_rope(q, qp, layout, base), apply_rope(k, kp, layout, base), scale)
+
+    rel = (q_pos[:, None] - k_pos[None, :]).astype(jnp.float32)
+    inside = score(q_pos, k_pos)
+    # Beyond +w: query at i*leak + w(1-leak), key at j*leak, so the difference is w + (rel - w) * leak.
+    scores = jnp.where(rel < window, inside, score(q_pos * leak + window * (1 - leak), k_pos * leak))
+    if symmetric:
+        before = score(q_pos * leak, k_pos * leak + window * (1 - leak))
+        scores = jnp.where(rel <= -window, before, scores)
+    return scores
+
+
+def rerope_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    window: int,
+    leaky: float | None = None,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    scale: float | None = None,
+    q_offset: Array | int = 0,
+    layout: Layout = "interleaved",
+    base: float = 10000.0,
+    symmetric: bool = False,
+) -> Array:
+    """Prefill attention with (Leaky) ReRoPE; q, k un-rotated [b, l, h, d]; returns [b, q, h, d]."""
+    scores = rerope_scores(q, k, window, leaky, scale, q_offset, layout, base, symmetric)
+    return attention_from_scores(scores, v, bias, mask, dtype=q.dtype)
+
+
+def rerope_decode_scores(
+    q: Array,
+    k_cache: Array,
+    position: Array | int,
+    window: int,
+    leaky: float | None = None,
+    scale: float | None = None,
+    layout: Layout = "interleaved",
+    base: float = 10000.0,
+    symmetric: bool = False,
+) -> Array:
+    """[b, h, 1, n] scores of one un-rotated query q [b, 1, h, d] at `position` (int or [b]) against
+    un-rotated cached keys [b, n, h, d] at 0..n-1 (slots past `position` must be masked by the caller)."""
+    if q.shape[1] != 1:
+        raise ValueError(f"rerope decoding takes one query position, got q of shape {q.shape}")
+    position = jnp.asarray(position)
+    rel = position.reshape(-1, 1) - jnp.arange(k_cache.shape[1])[None, :]  # [b or 1, n]
+    r = rerope_relative(rel, window, leaky, symmetric)
+    # <R(a) q, R(b) k> = <q, R(b - a) k>: rotate key j by -r_j and leave the query alone.
+    keys = rotate(k_cache, rope_angles(-r, k_cache.shape[-1], base)[:, :, None, :], layout)
+    return attention_scores(q, keys, scale)
+
+
+def rerope_decode_attention(
+    q: Array,
+    k_cache: Array,
+    v_cache: Array,
+    position: Array | int,
+    window: int,
+    leaky: float | None = None,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    scale: float | None = None,
+    layout: Layout = "interleaved",
+    base: float = 10000.0,
+    symmetric: bool = False,
+) -> Array:
+    """One decoding step with (Leaky) ReRoPE; mask [b, 1, 1, n] marks the filled cache slots."""
+    scores = rerope_decode_scores(q, k_cache, position, window, leaky, scale, layout, base, symmetric)
+    return attention_from_scores(scores, v_cache, bias, mask, dtype=q.dtype)
