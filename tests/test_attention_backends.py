@@ -1,0 +1,145 @@
+"""Softmax-attention backends: same results as the einsum reference, and the selection rule per platform."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t5pegasus.attention import dot_product_attention, einsum_attention, kernels
+from t5pegasus.attention.kernels import Call, resolve_backend
+
+
+def _qkv(b=2, t=12, s=12, h=3, d=16, dtype=jnp.float32, seed=0):
+    keys = jax.random.split(jax.random.key(seed), 3)
+    q = jax.random.normal(keys[0], (b, t, h, d), dtype)
+    k = jax.random.normal(keys[1], (b, s, h, d), dtype)
+    v = jax.random.normal(keys[2], (b, s, h, d), dtype)
+    return q, k, v
+
+
+def _numpy_attention(q, k, v, bias, mask, scale):
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    s = np.einsum("bqhd,bkhd->bhqk", q, k) * scale + (0 if bias is None else np.asarray(bias, np.float64))
+    if mask is not None:
+        s = np.where(np.asarray(mask), s, -1e30)
+    w = np.exp(s - s.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    return np.einsum("bhqk,bkhd->bqhd", w, v)
+
+
+def _bias_and_mask(b, h, t, s):
+    bias = jax.random.normal(jax.random.key(7), (1, h, t, s))
+    lengths = jnp.array([s, s - 5])[:b]
+    mask = (jnp.arange(s)[None, :] < lengths[:, None])[:, None, None, :]  # key padding [b, 1, 1, s]
+    return bias, mask
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_einsum_and_xla_match_numpy_with_bias_and_mask(is_causal):
+    q, k, v = _qkv()
+    bias, mask = _bias_and_mask(2, 3, 12, 12)
+    full_mask = mask & np.tril(np.ones((12, 12), bool)) if is_causal else mask
+    expected = _numpy_attention(q, k, v, bias, full_mask, 0.3)
+    for backend in ("einsum", "xla"):
+        out = dot_product_attention(q, k, v, bias, mask, 0.3, is_causal=is_causal, backend=backend)
+        np.testing.assert_allclose(out, expected, atol=2e-5, err_msg=backend)
+
+
+def test_backends_agree_on_cross_attention_and_low_rank_bias_and_mask():
+    q, k, v = _qkv(t=5, s=9)
+    bias = jnp.linspace(-1, 1, 9)  # 1-D bias over keys, broadcast like the reference allows
+    mask = jnp.ones((5, 9), bool).at[:, -2:].set(False)  # 2-D mask
+    ref = dot_product_attention(q, k, v, bias=bias, mask=mask, backend="einsum")
+    out = dot_product_attention(q, k, v, bias=bias, mask=mask, backend="xla")
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_fully_masked_rows_stay_finite_and_agree():
+    q, k, v = _qkv()
+    mask = jnp.zeros((2, 1, 12, 12), bool).at[0].set(True)  # batch 1 sees no key at all
+    ref = dot_product_attention(q, k, v, mask=mask, backend="einsum")
+    out = dot_product_attention(q, k, v, mask=mask, backend="xla")
+    assert np.isfinite(np.asarray(ref)).all()
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_bfloat16_within_dtype_tolerance():
+    q, k, v = _qkv(dtype=jnp.bfloat16)
+    bias, mask = _bias_and_mask(2, 3, 12, 12)
+    expected = _numpy_attention(q, k, v, bias, mask, 16**-0.5)
+    for backend in ("einsum", "xla"):
+        out = dot_product_attention(q, k, v, bias=bias, mask=mask, backend=backend)
+        assert out.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(out, np.float32), expected, atol=3e-2, err_msg=backend)
+
+
+def test_gradients_finite_and_equal_across_backends():
+    q, k, v = _qkv()
+    bias, mask = _bias_and_mask(2, 3, 12, 12)
+
+    def loss(q, k, v, bias, backend):
+        return jnp.sum(dot_product_attention(q, k, v, bias=bias, mask=mask, backend=backend) ** 2)
+
+    grads = {b: jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, bias, b) for b in ("einsum", "xla")}
+    for g_ref, g in zip(grads["einsum"], grads["xla"], strict=True):
+        assert np.isfinite(np.asarray(g_ref)).all()
+        np.testing.assert_allclose(g, g_ref, atol=1e-4)
+
+
+def _call(platform, dtype=jnp.bfloat16, t=256, s=256, d=64, bias=False, mask=False, training=True):
+    return Call(platform, jnp.dtype(dtype), t, s, d, bias, mask, training)
+
+
+def test_auto_picks_fastest_capable_backend_per_platform():
+    assert resolve_backend("auto", _call("cpu")) == "einsum"
+    assert resolve_backend("auto", _call("gpu")) == "cudnn"
+    assert resolve_backend("auto", _call("gpu", bias=True, mask=True)) == "cudnn"
+    assert resolve_backend("auto", _call("gpu", dtype=jnp.float32)) == "xla"  # cuDNN takes bf16/fp16 only
+    assert resolve_backend("auto", _call("gpu", d=256)) == "xla"
+    assert resolve_backend("auto", _call("gpu", d=60)) == "xla"
+    assert resolve_backend("auto", _call("gpu", t=255, bias=True)) == "xla"  # odd length with a bias gradient
+    assert resolve_backend("auto", _call("gpu", t=255, bias=True, training=False)) == "cudnn"
+    assert resolve_backend("auto", _call("tpu")) == "splash"
+    assert resolve_backend("auto", _call("tpu", bias=True)) == "flash"  # splash cannot take a bias
+    assert resolve_backend("auto", _call("tpu", mask=True)) == "flash"
+    assert resolve_backend("auto", _call("tpu", t=200)) == "einsum"  # not a multiple of the 128 tile
+
+
+def test_named_backend_falls_back_when_it_cannot_take_the_call():
+    assert resolve_backend("cudnn", _call("cpu")) == "xla"
+    assert resolve_backend("splash", _call("cpu")) == "einsum"
+    assert resolve_backend("splash", _call("tpu", bias=True)) == "flash"
+    assert resolve_backend("flash", _call("gpu")) == "einsum"
+    assert resolve_backend("einsum", _call("tpu")) == "einsum"
+    assert resolve_backend("xla", _call("gpu")) == "xla"
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        resolve_backend("triton", _call("gpu"))
+
+
+def test_fused_only_backends_fall_back_to_reference_on_cpu():
+    q, k, v = _qkv()
+    bias, mask = _bias_and_mask(2, 3, 12, 12)
+    ref = einsum_attention(q, k, v, bias=bias, mask=mask)
+    for backend in ("cudnn", "flash", "splash", "auto"):
+        out = dot_product_attention(q, k, v, bias, mask, backend=backend)
+        np.testing.assert_allclose(out, ref, atol=1e-5, err_msg=backend)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_splash_wrapper_matches_reference_in_interpret_mode(is_causal):
+    q, k, v = _qkv(b=2, t=128, s=128, h=2, d=32)
+    out = kernels.splash_attention(q, k, v, scale=0.2, is_causal=is_causal, interpret=True)
+    ref = einsum_attention(q, k, v, scale=0.2, is_causal=is_causal)
+    np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+def test_flash_wrapper_keeps_bias_unscaled_and_folds_mask_in_interpret_mode():
+    import jax.experimental.pallas.tpu as pltpu
+
+    q, k, v = _qkv(b=1, t=128, s=128, h=2, d=32)
+    bias = jax.random.normal(jax.random.key(3), (1, 2, 128, 128))
+    mask = (jnp.arange(128) < 100)[None, None, None, :]
+    with pltpu.force_tpu_interpret_mode():
+        out = kernels.flash_attention(q, k, v, bias, mask, scale=0.2, is_causal=True)
+    ref = einsum_attention(q, k, v, bias, mask, scale=0.2, is_causal=True)
+    np.testing.assert_allclose(out, ref, atol=1e-4)
