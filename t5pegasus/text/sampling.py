@@ -105,4 +105,3 @@ class ViterbiSampler:
                 ids.append(i)
             e = s
         return ids[::-1]
-

@@ -26,7 +26,7 @@ class SentencePieceTokenizer(Tokenizer):
         else:
             path = Path(model)
             if not path.is_file():
-                raise UserError(f"sentencepiece model {path} not found; train one with `t5pegasus vocab --spm`")
+                raise UserError(f"sentencepiece model {path} not found; train one: t5pegasus vocab --spm")
             proto = path.read_bytes()
         self.sp = spm.SentencePieceProcessor()
         try:

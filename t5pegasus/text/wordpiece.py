@@ -23,6 +23,7 @@ from pathlib import Path
 from t5pegasus.errors import UserError
 from t5pegasus.text.base import Tokenizer
 
+_CACHE_SIZE = 200_000
 BERT_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 
 _CJK_RANGES = (
@@ -146,6 +147,8 @@ class BertJiebaTokenizer(Tokenizer):
         )
         self._hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         self._unsafe = _unsafe_for_hf()
+        self._single = {t: i for t, i in self._vocab.items() if len(t) == 1 and (is_cjk(t) or is_punctuation(t))}
+        self._cache: dict[str, list[int]] = {}
         self._cut = None
         if use_jieba:
             import jieba
@@ -213,7 +216,7 @@ class BertJiebaTokenizer(Tokenizer):
         return out
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Ids -> text, the reference way: CJK and pieces glued, other words spaced, no space after CJK punct."""
+        """Ids -> text, the reference way: CJK and pieces glued, words spaced, no space after CJK punct."""
         tokens = [self._tokens[int(i)] for i in ids]
         tokens = [t for t in tokens if not (t and t[0] == "[" and t[-1] == "]")]
         text = ""
@@ -239,8 +242,18 @@ class BertJiebaTokenizer(Tokenizer):
     def _encode_runs(self, runs: list[str]) -> list[list[int]]:
         """Basic tokenization + WordPiece of text runs: HF where it provably agrees, else the reference."""
         out: list[list[int]] = [[] for _ in runs]
-        fast = [i for i, r in enumerate(runs) if not self._unsafe.search(r)]
-        slow = set(range(len(runs))) - set(fast)
+        fast, slow = [], set()
+        for i, run in enumerate(runs):
+            # Single CJK characters / punctuation in the vocab are their own token: no library call needed.
+            ids = [self._single.get(c) for c in run if c != " "]
+            if None not in ids:
+                out[i] = ids  # type: ignore[assignment]
+            elif (hit := self._cache.get(run)) is not None:
+                out[i] = hit
+            elif self._unsafe.search(run):
+                slow.add(i)
+            else:
+                fast.append(i)
         if fast:
             encs = self._hf.encode_batch([runs[i] for i in fast], add_special_tokens=False)
             for i, enc in zip(fast, encs, strict=True):
@@ -249,9 +262,16 @@ class BertJiebaTokenizer(Tokenizer):
                     slow.add(i)
                 else:
                     out[i] = ids
+                    self._remember(runs[i], ids)
         for i in slow:
             out[i] = [self._vocab.get(t, self.unk_id) for t in self._basic_wordpiece(runs[i])]
+            self._remember(runs[i], out[i])
         return out
+
+    def _remember(self, run: str, ids: list[int]) -> None:
+        if len(self._cache) >= _CACHE_SIZE:
+            self._cache.clear()
+        self._cache[run] = ids
 
     def _basic_wordpiece(self, text: str) -> list[str]:
         """The reference (Python) BERT basic tokenization + WordPiece, token strings."""

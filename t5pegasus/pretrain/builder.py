@@ -1,0 +1,99 @@
+"""Store examples as array_record shards through a tensorflow-datasets builder (TensorFlow not needed).
+
+Layout of a prepared dataset directory:
+    DIR/t5pegasus.json                       task, tokenizer, example config, counts (our metadata)
+    DIR/t5pegasus_examples/<task>/1.0.0/...  tfds: dataset_info.json, features.json, *.array_record-*
+The directory appears in one rename when everything is written (`fileio.atomic_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from t5pegasus.errors import UserError
+from t5pegasus.fileio import atomic_dir, write_text
+from t5pegasus.pretrain.examples import FEATURES, TASKS
+
+META_FILE = "t5pegasus.json"
+BUILDER_NAME = "t5pegasus_examples"
+
+
+class T5pegasusExamples(tfds.core.GeneratorBasedBuilder):
+    """Int32 token sequences, one config per task; examples come from a callable set before preparing."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=t, description=f"{t} examples") for t in TASKS]
+
+    # tfds finds a builder's source file through importlib_resources (not installed with tfds 4.9.10)
+    # when the builder lives in a regular package; this file is the answer.
+    code_path = epath.Path(__file__)
+
+    def __init__(self, *, examples: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self._examples = examples
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        names = FEATURES[self.builder_config.name]
+        features = {f: tfds.features.Tensor(shape=(None,), dtype=np.int32) for f in names}
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        if self._examples is None:
+            raise RuntimeError("no example source given")
+        yield from enumerate(self._examples())
+
+
+def write_dataset(
+    out_dir: str | os.PathLike,
+    task: str,
+    examples: Callable[[], Iterable[dict[str, np.ndarray]]],
+    metadata: Callable[[], dict[str, Any]],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write examples as array_record shards plus `t5pegasus.json` (`metadata()` is called after)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise UserError(f"{out_dir} exists; choose another output or pass --overwrite")
+    tfds.disable_progress_bar()
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        builder = T5pegasusExamples(
+            examples=examples, config=task, data_dir=str(tmp), file_format="array_record"
+        )
+        builder.download_and_prepare()
+        meta = dict(metadata())
+        meta["task"] = task
+        meta["tfds_dir"] = str(Path(builder.data_dir).relative_to(tmp))
+        meta["num_examples"] = int(builder.info.splits["train"].num_examples)
+        if meta["num_examples"] == 0:
+            raise UserError("no examples were produced from the input; see the summary above for why")
+        write_text(tmp / META_FILE, json.dumps(meta, ensure_ascii=False, indent=2))
+        shutil.rmtree(tmp / "downloads", ignore_errors=True)  # tfds's empty download cache
+    return out_dir
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The `t5pegasus.json` of a prepared dataset directory."""
+    meta = Path(path) / META_FILE
+    if not meta.is_file():
+        raise UserError(f"{path} is not a prepared dataset (no {META_FILE}); run `t5pegasus prepare`")
+    return json.loads(meta.read_text(encoding="utf-8"))
+
+
+def open_source(path: str | os.PathLike, split: str = "train"):
+    """Random-access source of decoded examples (dicts of int32 arrays) for grain."""
+    meta = read_metadata(path)
+    builder = tfds.builder_from_directory(str(Path(path) / meta["tfds_dir"]))
+    return builder.as_data_source(split=split)

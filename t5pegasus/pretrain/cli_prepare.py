@@ -1,0 +1,55 @@
+"""`t5pegasus prepare`: corpus files/dirs, `peoples-daily` or `tfds:NAME` -> a prepared dataset directory."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "inputs", nargs="+", help="text files or directories, 'peoples-daily', or tfds:NAME[:SPLIT]"
+    )
+    parser.add_argument("-o", "--output", required=True, help="dataset directory to create")
+    parser.add_argument("--tokenizer", required=True, help="vocab.txt (T5 PEGASUS) or sentencepiece .model")
+    parser.add_argument(
+        "--tokenizer-kind", default="auto", choices=["auto", "wordpiece", "sentencepiece", "cpm"]
+    )
+    parser.add_argument("--task", default="seq2seq", choices=["seq2seq", "pegasus", "lm", "unilm"],
+                        help="seq2seq: T5 PEGASUS pseudo-summaries; pegasus: masked gaps")  # fmt: skip
+    parser.add_argument("--max-source-len", type=int, default=384)
+    parser.add_argument("--max-target-len", type=int, default=128)
+    parser.add_argument("--max-len", type=int, default=512, help="LM sequence length")
+    parser.add_argument("--summary-ratio", type=float, default=0.25)
+    parser.add_argument("--gap-ratio", type=float, default=0.3)
+    parser.add_argument(
+        "--keep-prob", type=float, default=0.0, help="pegasus: chance a chosen sentence stays"
+    )
+    parser.add_argument("--min-sentences", type=int, default=3)
+    parser.add_argument("--doc-sep", default="line", choices=["line", "blank"],
+                        help="one document per line, or blocks separated by blank lines")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar (default: only on a terminal)")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from t5pegasus.pretrain.examples import ExampleConfig
+    from t5pegasus.pretrain.prepare import prepare_dataset, summary_lines
+    from t5pegasus.text.load import load_tokenizer, tokenizer_spec
+
+    tok = load_tokenizer(args.tokenizer, kind=args.tokenizer_kind)
+    kind = type(tok).__name__ if args.tokenizer_kind == "auto" else args.tokenizer_kind
+    config = ExampleConfig(
+        task=args.task, max_source_len=args.max_source_len, max_target_len=args.max_target_len,
+        max_len=args.max_len, summary_ratio=args.summary_ratio, gap_ratio=args.gap_ratio,
+        keep_prob=args.keep_prob, min_sentences=args.min_sentences, seed=args.seed,
+    )  # fmt: skip
+    stats = prepare_dataset(
+        args.inputs, args.output, tok, tokenizer_spec(args.tokenizer, tok, kind), config,
+        doc_sep=args.doc_sep, overwrite=args.overwrite, progress=args.progress,
+    )  # fmt: skip
+    for line in summary_lines(stats):
+        print(line)
+    print(f"wrote {args.output}")
+    return 0

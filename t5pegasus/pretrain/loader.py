@@ -1,0 +1,190 @@
+"""Deterministic, resumable, per-process batches from a prepared dataset, with grain.
+
+Order: the global example list is shuffled by `seed` (a fresh permutation each epoch), repeated for
+`num_epochs` (None = forever), then process p of k takes every k-th example (disjoint, together complete).
+Examples become fixed-shape int32 arrays (see docs/data.md), padded per batch, or packed several to a row
+with grain's first-fit packing. `BatchIterator.get_state()` is a JSON-able dict; `set_state` resumes at
+exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from t5pegasus.errors import UserError
+from t5pegasus.pretrain.builder import open_source, read_metadata
+
+
+def _row(seq: np.ndarray, length: int, pad: int) -> np.ndarray:
+    out = np.full(length, pad, np.int32)
+    seq = seq[:length]
+    out[: len(seq)] = seq
+    return out
+
+
+class _Shaper:
+    """Stored example -> model fields (unpadded), and a padded batch of them."""
+
+    def __init__(self, meta: dict[str, Any], max_source_len: int | None, max_target_len: int | None,
+                 max_len: int | None) -> None:  # fmt: skip
+        cfg, special = meta["config"], meta["tokenizer"]["special_ids"]
+        self.task = meta["task"]
+        self.pad = int(special["pad"])
+        self.start = int(special["decoder_start"])
+        self.has_bos = special["bos"] is not None
+        s = max_source_len or cfg["max_source_len"]
+        t = max_target_len or cfg["max_target_len"]
+        if self.task in ("seq2seq", "pegasus"):
+            self.lengths = {"encoder_ids": s, "decoder_ids": t, "targets": t}
+        elif self.task == "lm":
+            n = (max_len or cfg["max_len"]) - 1
+            self.lengths = {"ids": n, "targets": n}
+        else:
+            n = max_len or (s + t)
+            self.lengths = {"ids": n, "segment_ids": n, "targets": n, "weights": n}
+
+    def __call__(self, ex: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.task in ("seq2seq", "pegasus"):
+            tgt = np.asarray(ex["target"], np.int32)
+            if self.has_bos:  # [CLS] t1 .. [SEP]: decoder reads [CLS] t1 .., predicts t1 .. [SEP]
+                dec, out = tgt[:-1], tgt[1:]
+            else:  # mT5: decoder reads pad t1 .., predicts t1 .. </s>
+                dec, out = np.concatenate([[self.start], tgt[:-1]]).astype(np.int32), tgt
+            return {"encoder_ids": np.asarray(ex["source"], np.int32), "decoder_ids": dec, "targets": out}
+        ids = np.asarray(ex["ids"], np.int32)
+        if self.task == "lm":
+            return {"ids": ids[:-1], "targets": ids[1:]}
+        seg = np.asarray(ex["segment_ids"], np.int32)
+        targets = np.append(ids[1:], self.pad).astype(np.int32)
+        weights = np.append(seg[1:], 0).astype(np.int32)  # predict the next token when it is target text
+        return {"ids": ids, "segment_ids": seg, "targets": targets, "weights": weights}
+
+    def batch(self, rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        out = {}
+        for name, length in self.lengths.items():
+            pad = 0 if name in ("segment_ids", "weights") else self.pad
+            out[name] = np.stack([_row(r[name], length, pad) for r in rows])
+        return self.finish(
+            out, {name: [min(len(r[name]), n) for r in rows] for name, n in self.lengths.items()}
+        )
+
+    def finish(self, b: dict[str, np.ndarray], lens: dict[str, list[int]]) -> dict[str, np.ndarray]:
+        """Add the masks from the true lengths."""
+
+        def mask(name: str) -> np.ndarray:
+            n = self.lengths[name]
+            return (np.arange(n)[None, :] < np.asarray(lens[name])[:, None]).astype(np.int32)
+
+        if self.task in ("seq2seq", "pegasus"):
+            b["encoder_mask"] = mask("encoder_ids")
+            b["target_mask"] = mask("targets")
+            b["weights"] = b["target_mask"]
+        elif self.task == "lm":
+            b["weights"] = mask("targets")
+        return b
+
+
+class BatchIterator:
+    """Iterator of batches (dicts of int32 numpy arrays) with a JSON-able, restorable position."""
+
+    def __init__(self, dataset, metadata: dict[str, Any]) -> None:
+        self._dataset = dataset
+        self._it = iter(dataset)
+        self.metadata = metadata
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._it)
+
+    def get_state(self) -> dict[str, Any]:
+        """The position after the last batch returned (save it with the model checkpoint)."""
+        return self._it.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from a saved position: the next batch is the one after the saved one."""
+        self._it.set_state(state)
+
+
+def make_dataset(
+    path: str | os.PathLike,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    max_source_len: int | None = None,
+    max_target_len: int | None = None,
+    max_len: int | None = None,
+    pack: bool = False,
+    drop_remainder: bool = True,
+) -> BatchIterator:
+    """Batches of a prepared dataset for this process (default `jax.process_index()` of `process_count()`)."""
+    import grain
+    import grain.experimental as gx
+
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise UserError(f"process index {process_index} is outside 0..{process_count - 1}")
+    if batch_size < 1:
+        raise UserError("batch size must be at least 1")
+    meta = read_metadata(path)
+    shaper = _Shaper(meta, max_source_len, max_target_len, max_len)
+    if pack and shaper.task == "unilm":
+        raise UserError(
+            "packing is not available for UniLM examples (their segment ids are the attention mask)"
+        )
+    ds = grain.MapDataset.source(open_source(path))
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+    ds = ds[process_index::process_count]
+    ds = ds.map(shaper).to_iter_dataset()
+    if pack:
+        ds = gx.FirstFitPackIterDataset(
+            ds, length_struct=dict(shaper.lengths), num_packing_bins=batch_size, shuffle_bins=False
+        )
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=_packed_batch(shaper))
+    else:
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=shaper.batch)
+    return BatchIterator(ds, meta)
+
+
+def _packed_batch(shaper: _Shaper):
+    """Packed rows -> batch: grain's `<name>_segment_ids` / `<name>_positions` become our field names."""
+
+    def fn(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        b = {k: np.stack([np.asarray(r[k], np.int32) for r in rows]) for k in rows[0]}
+        out: dict[str, np.ndarray] = {}
+        if shaper.task in ("seq2seq", "pegasus"):
+            out["encoder_ids"], out["decoder_ids"], out["targets"] = (
+                b["encoder_ids"],
+                b["decoder_ids"],
+                b["targets"],
+            )
+            out["encoder_segment_ids"] = b["encoder_ids_segment_ids"]
+            out["encoder_positions"] = b["encoder_ids_positions"]
+            out["decoder_segment_ids"] = b["decoder_ids_segment_ids"]
+            out["decoder_positions"] = b["decoder_ids_positions"]
+            out["encoder_mask"] = (out["encoder_segment_ids"] > 0).astype(np.int32)
+            out["target_mask"] = (out["decoder_segment_ids"] > 0).astype(np.int32)
+            out["weights"] = out["target_mask"]
+        else:
+            out["ids"], out["targets"] = b["ids"], b["targets"]
+            out["segment_ids"] = b["ids_segment_ids"]
+            out["positions"] = b["ids_positions"]
+            out["weights"] = (out["segment_ids"] > 0).astype(np.int32)
+        return out
+
+    return fn

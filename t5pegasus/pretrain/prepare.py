@@ -1,0 +1,105 @@
+"""Raw corpus -> prepared dataset directory: read, split, select, tokenize, store; count every drop.
+
+Sources: text files / directories, `peoples-daily` (the demo corpus), or `tfds:NAME[:SPLIT[:FIELD]]`
+(a tensorflow-datasets text dataset already present in the local tfds data dir).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from t5pegasus.errors import UserError
+from t5pegasus.pretrain.examples import ExampleConfig, ExampleMaker
+from t5pegasus.pretrain.reading import decode_document, read_documents
+from t5pegasus.text.base import Tokenizer
+
+PEOPLES_DAILY = "peoples-daily"
+
+
+def iter_source_documents(inputs: Sequence[str], stats: Counter[str], doc_sep: str = "line") -> Iterator[str]:
+    """Raw documents of the named inputs (see module doc), counted into `stats`."""
+    if len(inputs) == 1 and inputs[0] == PEOPLES_DAILY:
+        from t5pegasus.pretrain.corpora import iter_peoples_daily_documents
+
+        for doc in iter_peoples_daily_documents():
+            stats["documents read"] += 1
+            yield doc
+    elif len(inputs) == 1 and inputs[0].startswith("tfds:"):
+        yield from _tfds_documents(inputs[0], stats)
+    else:
+        yield from read_documents(inputs, stats, doc_sep)
+
+
+def _tfds_documents(spec: str, stats: Counter[str]) -> Iterator[str]:
+    import tensorflow_datasets as tfds
+
+    parts = spec.split(":")[1:] + ["", ""]
+    name, split, field = parts[0], parts[1] or "train", parts[2] or "text"
+    try:
+        source = tfds.data_source(name, split=split, download=False)
+    except Exception as e:  # tfds raises many kinds for a missing dataset
+        raise UserError(f"tfds dataset {name!r} split {split!r} is not available locally ({e})") from None
+    for ex in source:
+        value = ex.get(field) if isinstance(ex, dict) else None
+        if value is None:
+            raise UserError(
+                f"tfds dataset {name!r} has no text field {field!r}; name it as tfds:{name}:SPLIT:FIELD"
+            )
+        stats["documents read"] += 1
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        text = decode_document(raw, stats)
+        if text is not None:
+            yield text
+
+
+def prepare_dataset(
+    inputs: Sequence[str],
+    out_dir: str | os.PathLike,
+    tokenizer: Tokenizer,
+    tokenizer_info: dict[str, Any],
+    config: ExampleConfig,
+    *,
+    doc_sep: str = "line",
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Counter[str]:
+    """Write the dataset; return the counts (files, documents read / used / dropped by reason, examples)."""
+    from tqdm import tqdm
+
+    from t5pegasus.pretrain.builder import write_dataset
+
+    stats: Counter[str] = Counter()
+    maker = ExampleMaker(tokenizer, config)
+    show = sys.stderr.isatty() if progress is None else progress
+
+    def examples():
+        docs = iter_source_documents(list(inputs), stats, doc_sep)
+        for doc in tqdm(docs, desc="documents", unit=" doc", disable=not show, file=sys.stderr):
+            yield from maker(doc)
+
+    def metadata() -> dict[str, Any]:
+        stats.update(maker.stats)
+        return {
+            "inputs": [str(Path(i).resolve()) if Path(i).exists() else i for i in inputs],
+            "tokenizer": tokenizer_info,
+            "config": config.to_dict(),
+            "stats": dict(sorted(stats.items())),
+        }
+
+    write_dataset(out_dir, config.task, examples, metadata, overwrite=overwrite)
+    return stats
+
+
+def summary_lines(stats: Counter[str]) -> list[str]:
+    """Human summary: documents read, used, dropped (by reason) and repaired, examples written."""
+    lines = [f"documents read: {stats['documents read']}", f"documents used: {stats['documents used']}"]
+    dropped = {k: v for k, v in stats.items() if k.startswith("dropped") or "dropped" in k or "without" in k}
+    lines += [f"  {k}: {v}" for k, v in sorted(dropped.items())]
+    lines += [f"  {k}: {v}" for k, v in sorted(stats.items()) if k.startswith(("repaired", "files"))]
+    lines.append(f"examples written: {stats['examples']}")
+    return lines
