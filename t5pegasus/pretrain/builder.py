@@ -8,6 +8,8 @@ The directory appears in one rename when everything is written (`fileio.atomic_d
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -72,7 +74,8 @@ def write_dataset(
         builder = T5pegasusExamples(
             examples=examples, config=task, data_dir=str(tmp), file_format="array_record"
         )
-        builder.download_and_prepare()
+        with contextlib.redirect_stdout(io.StringIO()):  # tfds prints a banner; our caller reports
+            builder.download_and_prepare()
         meta = dict(metadata())
         meta["task"] = task
         meta["tfds_dir"] = str(Path(builder.data_dir).relative_to(tmp))

@@ -147,7 +147,9 @@ class BertJiebaTokenizer(Tokenizer):
         )
         self._hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         self._unsafe = _unsafe_for_hf()
-        self._single = {t: i for t, i in self._vocab.items() if len(t) == 1 and (is_cjk(t) or is_punctuation(t))}
+        self._single = {
+            t: i for t, i in self._vocab.items() if len(t) == 1 and (is_cjk(t) or is_punctuation(t))
+        }
         self._cache: dict[str, list[int]] = {}
         self._cut = None
         if use_jieba:
