@@ -1,1 +1,9 @@
+"""Model families as flax.linen modules."""
 
+from flax.core.meta import unbox
+
+from t5pegasus.models.layers import count_params, stack_layers, unstack_layers
+from t5pegasus.models.t5 import T5, Decoder, Encoder, decode_step, init_cache
+
+__all__ = ["T5", "Decoder", "Encoder", "count_params", "decode_step", "init_cache", "stack_layers", "unbox",
+           "unstack_layers"]

@@ -1,0 +1,60 @@
+"""HF transformers model folders -> (config, params) for every family, dispatched on `model_type`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from t5pegasus.config import ConfigBase
+from t5pegasus.convert.checkpoint_files import TensorSource, read_json, read_state_dict
+from t5pegasus.errors import UserError
+
+
+def _t5_family() -> tuple[Any, Any]:
+    from t5pegasus.convert import t5_hf
+
+    return t5_hf.config_from_hf, t5_hf.params_from_hf
+
+
+# model_type -> loader of (config_from_hf, params_from_hf). Other families register here.
+IMPORTERS: dict[str, Any] = {"t5": _t5_family, "mt5": _t5_family}
+# Tensors HF keeps that carry no information of ours (buffers, duplicated tables).
+IGNORED = ("EncDecAttention.relative_attention_bias", "attn.bias", "attn.masked_bias", "position_ids")
+
+
+def load_hf(folder: str | os.PathLike, dtype: str | None = None) -> tuple[ConfigBase, dict[str, Any]]:
+    """(config, params) from a HF transformers folder (config.json + safetensors or pytorch_model.bin).
+
+    Params are a plain nested dict of arrays in our unscanned layout (stacked if the config scans layers),
+    in the config's param dtype unless `dtype` is given.
+    """
+    folder = Path(folder)
+    hf_config = read_json(folder / "config.json")
+    model_type = hf_config.get("model_type")
+    if model_type not in IMPORTERS:
+        raise UserError(f"{folder}: model_type {model_type!r} is not supported; known: {', '.join(sorted(IMPORTERS))}")
+    config_from_hf, params_from_hf = IMPORTERS[model_type]()
+    source = TensorSource(read_state_dict(folder), str(folder))
+    cfg = config_from_hf(hf_config, source)
+    params = params_from_hf(cfg, source)
+    left = source.unused(IGNORED)
+    if left:
+        raise UserError(f"{folder}: {len(left)} tensor(s) were not used, e.g. {', '.join(left[:5])}; "
+                        "is this the model type its config says?")
+    target = jnp.dtype(dtype or getattr(cfg, "param_dtype", "float32"))
+    params = _to_arrays(params, target)
+    if getattr(cfg, "scan_layers", False):
+        from t5pegasus.models.layers import stack_layers
+
+        params = stack_layers(params)
+    return cfg, params
+
+
+def _to_arrays(tree: Any, dtype: jnp.dtype) -> Any:
+    if isinstance(tree, dict):
+        return {k: _to_arrays(v, dtype) for k, v in tree.items()}
+    return jnp.asarray(np.ascontiguousarray(tree), dtype=dtype)

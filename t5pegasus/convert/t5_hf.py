@@ -1,0 +1,121 @@
+"""T5 / mT5 / T5 PEGASUS <-> HF transformers names, shapes and config fields.
+
+HF stores torch Linear weights as [out, in]; ours are [in, heads, kv] / [heads, kv, out] / [in, out].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from t5pegasus.config import T5Config
+from t5pegasus.convert.checkpoint_files import TensorSource
+from t5pegasus.errors import UserError
+
+# HF dense_act_fn -> our feed-forward kind (gated forms); "gated-gelu" in HF means the tanh approximation.
+_GATED_ACT = {"gelu_new": "gated-gelu", "gelu_pytorch_tanh": "gated-gelu", "gelu_fast": "gated-gelu",
+              "gelu": "gated-gelu-erf", "gelu_python": "gated-gelu-erf", "silu": "gated-silu",
+              "swish": "gated-silu", "relu": "gated-relu"}
+
+
+def config_from_hf(hf: dict[str, Any], tensors: TensorSource) -> T5Config:
+    """Our T5Config from a HF T5/MT5 config.json dict and the checkpoint's tensors.
+
+    Whether the head is tied is read from the tensors (transformers 5 always writes tie_word_embeddings=True):
+    a separate `lm_head.weight` that differs from `shared.weight` means untied.
+    """
+    proj = hf.get("feed_forward_proj", "relu")
+    parts = proj.split("-")
+    gated = parts[0] == "gated"
+    act = parts[-1]
+    if proj == "gated-gelu":
+        act = "gelu_new"
+    if gated:
+        if act not in _GATED_ACT:
+            raise UserError(f"feed_forward_proj {proj!r} is not supported")
+        feed_forward = _GATED_ACT[act]
+    elif act == "relu":
+        feed_forward = "relu"
+    else:
+        raise UserError(f"feed_forward_proj {proj!r} is not supported (relu or gated-*)")
+    model_type = hf.get("model_type", "t5")
+    tied = not (tensors.has("lm_head.weight") and tensors.has("shared.weight")
+                and not np.array_equal(tensors.tensors["lm_head.weight"], tensors.tensors["shared.weight"]))
+    # HF T5 scales the decoder output when the saved config ties embeddings (4.x) or says
+    # scale_decoder_outputs (5.x); MT5 never scales.
+    if model_type == "t5":
+        scale = bool(hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True)))
+    else:
+        scale = False
+    num_layers = hf.get("num_layers", 6)
+    return T5Config(
+        vocab_size=hf["vocab_size"], d_model=hf["d_model"], d_ff=hf["d_ff"], num_heads=hf["num_heads"],
+        d_kv=hf["d_kv"], num_encoder_layers=num_layers,
+        num_decoder_layers=hf.get("num_decoder_layers") or num_layers,
+        relative_buckets=hf.get("relative_attention_num_buckets", 32),
+        relative_max_distance=hf.get("relative_attention_max_distance", 128),
+        dropout_rate=hf.get("dropout_rate", 0.1), layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
+        feed_forward=feed_forward, tie_word_embeddings=tied, scale_logits=scale,
+        pad_token_id=hf.get("pad_token_id", 0) if hf.get("pad_token_id") is not None else 0,
+        eos_token_id=_first(hf.get("eos_token_id", 1)),
+        decoder_start_token_id=hf.get("decoder_start_token_id", 0) or 0,
+        initializer_factor=hf.get("initializer_factor", 1.0),
+    )
+
+
+def _first(value: Any) -> int:
+    return int(value[0]) if isinstance(value, list) else int(value if value is not None else 1)
+
+
+def params_from_hf(cfg: T5Config, tensors: TensorSource) -> dict[str, Any]:
+    """Our (unscanned) parameter tree from HF T5/MT5 tensors."""
+    d, h, kv, ff = cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.d_ff
+
+    def attn(prefix: str) -> dict[str, Any]:
+        def qkv(n: str) -> dict[str, np.ndarray]:
+            return {"kernel": tensors.take(f"{prefix}.{n}.weight", (h * kv, d)).T.reshape(d, h, kv)}
+
+        return {"query": qkv("q"), "key": qkv("k"), "value": qkv("v"),
+                "out": {"kernel": tensors.take(f"{prefix}.o.weight", (d, h * kv)).T.reshape(h, kv, d)}}
+
+    def norm(name: str) -> dict[str, np.ndarray]:
+        return {"scale": tensors.take(name, (d,))}
+
+    def mlp(prefix: str) -> dict[str, Any]:
+        names = ("wi_0", "wi_1") if cfg.gated else ("wi",)
+        out = {n: {"kernel": tensors.take(f"{prefix}.{n}.weight", (ff, d)).T} for n in names}
+        out["wo"] = {"kernel": tensors.take(f"{prefix}.wo.weight", (d, ff)).T}
+        return out
+
+    def relpos(stack: str) -> dict[str, np.ndarray]:
+        name = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        return {"rel_embedding": tensors.take(name, (cfg.relative_buckets, h))}
+
+    encoder: dict[str, Any] = {"relpos_bias": relpos("encoder"),
+                               "final_norm": norm("encoder.final_layer_norm.weight")}
+    for i in range(cfg.num_encoder_layers):
+        p = f"encoder.block.{i}.layer"
+        encoder[f"layers_{i}"] = {
+            "attention_norm": norm(f"{p}.0.layer_norm.weight"), "attention": attn(f"{p}.0.SelfAttention"),
+            "mlp_norm": norm(f"{p}.1.layer_norm.weight"), "mlp": mlp(f"{p}.1.DenseReluDense"),
+        }
+    decoder: dict[str, Any] = {"relpos_bias": relpos("decoder"),
+                               "final_norm": norm("decoder.final_layer_norm.weight")}
+    for i in range(cfg.num_decoder_layers):
+        p = f"decoder.block.{i}.layer"
+        decoder[f"layers_{i}"] = {
+            "self_attention_norm": norm(f"{p}.0.layer_norm.weight"),
+            "self_attention": attn(f"{p}.0.SelfAttention"),
+            "cross_attention_norm": norm(f"{p}.1.layer_norm.weight"),
+            "cross_attention": attn(f"{p}.1.EncDecAttention"),
+            "mlp_norm": norm(f"{p}.2.layer_norm.weight"), "mlp": mlp(f"{p}.2.DenseReluDense"),
+        }
+    shared = tensors.take("shared.weight", (cfg.vocab_size, d))
+    if not cfg.tie_word_embeddings:
+        head = tensors.take("lm_head.weight", (cfg.vocab_size, d)) if tensors.has("lm_head.weight") else shared
+        decoder["lm_head"] = {"kernel": head.T}
+    for tied in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"):
+        if tensors.has(tied) and tied not in tensors.used:
+            tensors.used.add(tied)
+    return {"shared": {"embedding": shared}, "encoder": encoder, "decoder": decoder}

@@ -1,0 +1,248 @@
+"""T5 / mT5 / T5 PEGASUS encoder-decoder as flax.linen modules.
+
+Pre-norm RMSNorm blocks, attention without biases or 1/sqrt(d) scaling, a relative position bias computed
+once per stack and shared by its layers, relu or gated feed-forward. The T5 PEGASUS switches
+(`cross_attention_bias`, `scale_logits`, erf GELU) are config fields; with them off the model is HF mT5/T5.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import Array
+
+from t5pegasus.attention import causal_mask, combine, key_padding_mask, padding_mask
+from t5pegasus.config import T5Config
+from t5pegasus.models.layers import (
+    Dense,
+    Embed,
+    GatedMLP,
+    MultiHeadAttention,
+    RelativePositionBias,
+    RMSNorm,
+    constrain,
+    dtype_of,
+)
+
+EDGE = ("batch", "length", "embed")
+
+
+def _activation(cfg: T5Config) -> str:
+    return {"relu": "relu", "gated-relu": "relu", "gated-gelu": "gelu", "gated-gelu-erf": "gelu-erf",
+            "gated-silu": "silu"}[cfg.feed_forward]
+
+
+def _attention(cfg: T5Config, name: str) -> MultiHeadAttention:
+    f = cfg.initializer_factor
+    return MultiHeadAttention(
+        num_heads=cfg.num_heads, head_dim=cfg.d_kv, scale=1.0, dropout_rate=cfg.dropout_rate,
+        q_stddev=f * (cfg.d_model * cfg.d_kv) ** -0.5, kv_stddev=f * cfg.d_model**-0.5,
+        o_stddev=f * (cfg.num_heads * cfg.d_kv) ** -0.5,
+        dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), name=name,
+    )
+
+
+def _mlp(cfg: T5Config) -> GatedMLP:
+    f = cfg.initializer_factor
+    return GatedMLP(d_ff=cfg.d_ff, activation=_activation(cfg), gated=cfg.gated, dropout_rate=cfg.dropout_rate,
+                    stddev_in=f * cfg.d_model**-0.5, stddev_out=f * cfg.d_ff**-0.5,
+                    dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), name="mlp")
+
+
+def _norm(cfg: T5Config, name: str) -> RMSNorm:
+    return RMSNorm(cfg.layer_norm_epsilon, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype), name=name)
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention block then feed-forward block, each pre-normed with a residual."""
+
+    cfg: T5Config
+    deterministic: bool = True
+    scanned: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, bias: Array, mask: Array | None) -> Any:
+        cfg, det = self.cfg, self.deterministic
+        drop = nn.Dropout(cfg.dropout_rate)
+        h = _attention(cfg, "attention")(_norm(cfg, "attention_norm")(x), bias=bias, mask=mask, deterministic=det)
+        x = constrain(x + drop(h, deterministic=det), EDGE)
+        h = _mlp(cfg)(_norm(cfg, "mlp_norm")(x), deterministic=det)
+        x = constrain(x + drop(h, deterministic=det), EDGE)
+        return (x, None) if self.scanned else x
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention over the encoder output, feed-forward; pre-norm residuals."""
+
+    cfg: T5Config
+    deterministic: bool = True
+    decode: bool = False
+    scanned: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, encoded: Array, self_bias: Array, self_mask: Array | None,
+                 cross_bias: Array | None, cross_mask: Array | None) -> Any:
+        cfg, det = self.cfg, self.deterministic
+        drop = nn.Dropout(cfg.dropout_rate)
+        h = _attention(cfg, "self_attention")(
+            _norm(cfg, "self_attention_norm")(x), bias=self_bias, mask=self_mask, deterministic=det,
+            decode=self.decode)
+        x = constrain(x + drop(h, deterministic=det), EDGE)
+        h = _attention(cfg, "cross_attention")(
+            _norm(cfg, "cross_attention_norm")(x), memory=encoded, bias=cross_bias, mask=cross_mask,
+            deterministic=det, decode=self.decode)
+        x = constrain(x + drop(h, deterministic=det), EDGE)
+        h = _mlp(cfg)(_norm(cfg, "mlp_norm")(x), deterministic=det)
+        x = constrain(x + drop(h, deterministic=det), EDGE)
+        return (x, None) if self.scanned else x
+
+
+def _run_layers(parent: nn.Module, layer_cls: type[nn.Module], n: int, x: Array, args: tuple,
+                **layer_kwargs: Any) -> Array:
+    """Apply n layers, unrolled (params `layers_i`) or with nn.scan (params stacked under `layers`)."""
+    cfg: T5Config = parent.cfg  # type: ignore[attr-defined]
+    cls = layer_cls
+    if cfg.remat:
+        cls = nn.remat(cls, prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+        scanned = nn.scan(
+            cls,
+            variable_axes={"params": 0, "cache": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * len(args),
+            length=n,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, _ = scanned(cfg, scanned=True, name="layers", **layer_kwargs)(x, *args)
+        return x
+    for i in range(n):
+        x = cls(cfg, name=f"layers_{i}", **layer_kwargs)(x, *args)
+    return x
+
+
+class Encoder(nn.Module):
+    """Embedded tokens -> contextual states [batch, length, d_model]."""
+
+    cfg: T5Config
+    shared: Embed
+
+    @nn.compact
+    def __call__(self, ids: Array, mask: Array, deterministic: bool = True) -> Array:
+        cfg = self.cfg
+        x = nn.Dropout(cfg.dropout_rate)(self.shared(ids), deterministic=deterministic)
+        x = constrain(x, EDGE)
+        n = ids.shape[1]
+        bias = RelativePositionBias(cfg.relative_buckets, cfg.relative_max_distance, cfg.num_heads, True,
+                                    stddev=cfg.initializer_factor * cfg.d_model**-0.5,
+                                    param_dtype=dtype_of(cfg.param_dtype), name="relpos_bias")(n, n)
+        attn_mask = padding_mask(mask, mask)
+        x = _run_layers(self, EncoderLayer, cfg.num_encoder_layers, x, (bias, attn_mask),
+                        deterministic=deterministic)
+        x = _norm(cfg, "final_norm")(x)
+        return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+    """Decoder stack and LM head: target ids + encoder states -> logits [batch, length, vocab] (float32)."""
+
+    cfg: T5Config
+    shared: Embed
+
+    @nn.compact
+    def __call__(self, ids: Array, encoded: Array, encoder_mask: Array, decoder_mask: Array | None = None,
+                 deterministic: bool = True, decode: bool = False) -> Array:
+        cfg = self.cfg
+        q_len, k_len = ids.shape[1], ids.shape[1]
+        offset: Array | int = 0
+        if decode:
+            initialised = self.has_variable("cache", "position")
+            position = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+            if initialised:
+                offset = position.value
+                k_len = self.get_variable("cache", "key_slots").shape[0]
+                position.value = position.value + q_len
+            else:  # cache initialisation: the dummy input's length is the cache length
+                self.variable("cache", "key_slots", lambda: jnp.zeros((q_len,), jnp.bool_))
+        x = nn.Dropout(cfg.dropout_rate)(self.shared(ids), deterministic=deterministic)
+        x = constrain(x, EDGE)
+        relpos = RelativePositionBias(cfg.relative_buckets, cfg.relative_max_distance, cfg.num_heads, False,
+                                      stddev=cfg.initializer_factor * cfg.d_model**-0.5,
+                                      param_dtype=dtype_of(cfg.param_dtype), name="relpos_bias")
+        self_bias = relpos(q_len, k_len, offset)
+        self_mask = causal_mask(q_len, k_len, offset)
+        if decoder_mask is not None and not decode:
+            self_mask = combine(self_mask, key_padding_mask(decoder_mask, q_len))
+        cross_bias = relpos(q_len, encoded.shape[1], offset) if cfg.cross_attention_bias else None
+        cross_mask = key_padding_mask(encoder_mask, q_len)
+        x = _run_layers(self, DecoderLayer, cfg.num_decoder_layers, x,
+                        (encoded, self_bias, self_mask, cross_bias, cross_mask),
+                        deterministic=deterministic, decode=decode)
+        x = _norm(cfg, "final_norm")(x)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        if cfg.logits_scaled:
+            x = x * (cfg.d_model**-0.5)
+        if cfg.tie_word_embeddings:
+            logits = self.shared.attend(x)
+        else:
+            logits = Dense((cfg.vocab_size,), ("embed", "vocab"), cfg.initializer_factor * cfg.d_model**-0.5,
+                           dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), name="lm_head")(x)
+        return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+class T5(nn.Module):
+    """Encoder-decoder: `__call__(encoder_ids, decoder_ids)` -> logits [batch, dec_len, vocab].
+
+    Masks default to `ids != pad_token_id` for the encoder and to causal-only for the decoder (as HF does when
+    no decoder mask is given). `encode` and `decode` expose the halves; `decode(..., decode=True)` runs one
+    incremental step against the "cache" collection (see `init_cache`).
+    """
+
+    cfg: T5Config
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.shared = Embed(cfg.vocab_size, cfg.d_model, stddev=cfg.initializer_factor,
+                            dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype))
+        self.encoder = Encoder(cfg, self.shared)
+        self.decoder = Decoder(cfg, self.shared)
+
+    def encoder_mask(self, encoder_ids: Array) -> Array:
+        return encoder_ids != self.cfg.pad_token_id
+
+    def encode(self, encoder_ids: Array, encoder_mask: Array | None = None, deterministic: bool = True) -> Array:
+        """Encoder states [batch, src_len, d_model] (dtype of the compute)."""
+        if encoder_mask is None:
+            encoder_mask = self.encoder_mask(encoder_ids)
+        return self.encoder(encoder_ids, encoder_mask, deterministic=deterministic)
+
+    def decode(self, encoded: Array, encoder_mask: Array, decoder_ids: Array, decoder_mask: Array | None = None,
+               deterministic: bool = True, decode: bool = False) -> Array:
+        """Logits for `decoder_ids` given encoder states; with `decode=True`, one cached step."""
+        return self.decoder(decoder_ids, encoded, encoder_mask, decoder_mask, deterministic=deterministic,
+                            decode=decode)
+
+    def __call__(self, encoder_ids: Array, decoder_ids: Array, encoder_mask: Array | None = None,
+                 decoder_mask: Array | None = None, deterministic: bool = True) -> Array:
+        if encoder_mask is None:
+            encoder_mask = self.encoder_mask(encoder_ids)
+        encoded = self.encode(encoder_ids, encoder_mask, deterministic=deterministic)
+        return self.decode(encoded, encoder_mask, decoder_ids, decoder_mask, deterministic=deterministic)
+
+
+def init_cache(model: T5, params: Any, encoded: Array, encoder_mask: Array, max_length: int) -> Any:
+    """An empty KV cache for `max_length` decoder positions, with the cross-attention memory projected once."""
+    batch = encoded.shape[0]
+    dummy = jnp.zeros((batch, max_length), jnp.int32)
+    _, variables = model.apply({"params": params}, encoded, encoder_mask, dummy, decode=True, method=T5.decode,
+                               mutable=["cache"])
+    return variables["cache"]
+
+
+def decode_step(model: T5, params: Any, cache: Any, encoded: Array, encoder_mask: Array,
+                decoder_ids: Array) -> tuple[Array, Any]:
+    """Logits for the next `decoder_ids` (usually one token each) and the updated cache."""
+    logits, variables = model.apply({"params": params, "cache": cache}, encoded, encoder_mask, decoder_ids,
+                                    decode=True, method=T5.decode, mutable=["cache"])
+    return logits, variables["cache"]
