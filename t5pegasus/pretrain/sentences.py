@@ -8,10 +8,11 @@ at most `max_chars` characters; short documents are the caller's to drop.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 _CLOSERS = "”’」』）)》】\"'"
-_SENTENCE = re.compile(rf"[^\n。！？!?]*?(?:[。！？!?]+[{_CLOSERS}]*|\.+[{_CLOSERS}]*(?=\s)|\n|$)", re.S)
+_BOUNDARY = re.compile(rf"[。！？!?]+[{_CLOSERS}]*|\.+[{_CLOSERS}]*(?=\s)|\n")
 _CLAUSE = re.compile(r"[^，,；;]*(?:[，,；;]+|$)")
 
 
@@ -22,12 +23,13 @@ def _cut_long(piece: str, max_chars: int) -> list[str]:
     for clause in _CLAUSE.findall(piece):
         if not clause:
             continue
-        while len(clause) > max_chars:
+        if len(clause) > max_chars:
             if cur:
                 out.append(cur)
-                cur = ""
-            out.append(clause[:max_chars])
-            clause = clause[max_chars:]
+            cut = range(0, len(clause), max_chars)
+            out.extend(clause[i : i + max_chars] for i in cut[:-1])
+            clause = clause[cut[-1] :]
+            cur = ""
         if cur and len(cur) + len(clause) > max_chars:
             out.append(cur)
             cur = ""
@@ -40,8 +42,11 @@ def _cut_long(piece: str, max_chars: int) -> list[str]:
 def split_sentences(text: str, max_chars: int | None = None) -> list[str]:
     """Sentences of `text`, stripped, non-empty, in order; none longer than `max_chars` (when given)."""
     out: list[str] = []
-    for m in _SENTENCE.finditer(text):
-        s = m.group().strip()
+    start = 0
+    for m in itertools.chain(_BOUNDARY.finditer(text), [None]):
+        end = len(text) if m is None else m.end()
+        s = text[start:end].strip()
+        start = end
         if not s:
             continue
         if max_chars is not None and len(s) > max_chars:
