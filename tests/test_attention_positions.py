@@ -119,9 +119,7 @@ def test_symmetric_rerope_clips_both_sides():
 
     expected = _relative_scores_np(q, k, f, "interleaved", D**-0.5)
     np.testing.assert_allclose(rerope_scores(q, k, w, leak, symmetric=True), expected, atol=1e-4)
-    np.testing.assert_allclose(
-        rerope_relative(np.array([-9, -2, 0, 3, 8]), w, leak, True), [-6.5, -2, 0, 3, 6]
-    )
+    np.testing.assert_allclose(rerope_relative(np.array([-9, -2, 0, 3, 8]), w, leak, True), [-6.5, -2, 0, 3, 6])
 
 
 @pytest.mark.parametrize("leaky", [None, 4.0])
@@ -153,9 +151,7 @@ def test_rerope_with_huge_window_is_plain_rope_attention():
 def test_rerope_chunked_prefill_with_offset_matches_full_prefill():
     q, k, v = _qkv(seed=5)
     full = rerope_attention(q, k, v, window=3, leaky=2.0, mask=causal_mask(N))
-    part = rerope_attention(
-        q[:, 10:], k, v, window=3, leaky=2.0, mask=causal_mask(N - 10, N, 10), q_offset=10
-    )
+    part = rerope_attention(q[:, 10:], k, v, window=3, leaky=2.0, mask=causal_mask(N - 10, N, 10), q_offset=10)
     np.testing.assert_allclose(part, full[:, 10:], atol=1e-5)
 
 

@@ -109,9 +109,7 @@ def cudnn_attention(q, k, v, bias=None, mask=None, scale=None, is_causal=False) 
     b, t, h, _ = q.shape
     if bias is not None or mask is not None:
         bias = _bias_with_mask(bias, mask, (b, h, t, k.shape[1]), q.dtype)
-    return jax.nn.dot_product_attention(
-        q, k, v, bias=bias, scale=scale, is_causal=is_causal, implementation="cudnn"
-    )
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=is_causal, implementation="cudnn")
 
 
 def flash_attention(q, k, v, bias=None, mask=None, scale=None, is_causal=False) -> Array:
@@ -139,9 +137,7 @@ def splash_attention(q, k, v, bias=None, mask=None, scale=None, is_causal=False,
     s = k.shape[1]
     scale = d**-0.5 if scale is None else scale
     head_mask = sa.CausalMask((t, s)) if is_causal else sa.FullMask((t, s))
-    kernel = sa.make_splash_mha(
-        sa.MultiHeadMask([head_mask] * h), head_shards=1, q_seq_shards=1, interpret=interpret
-    )
+    kernel = sa.make_splash_mha(sa.MultiHeadMask([head_mask] * h), head_shards=1, q_seq_shards=1, interpret=interpret)
     qt, kt, vt = (x.transpose(0, 2, 1, 3) for x in (q * jnp.asarray(scale, q.dtype), k, v))
     out = jax.vmap(kernel)(qt, kt, vt)
     return out.transpose(0, 2, 1, 3).astype(q.dtype)

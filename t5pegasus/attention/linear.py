@@ -21,8 +21,9 @@ def elu_feature_map(x: Array) -> Array:
 
 
 def _normalise(num: Array, den: Array) -> Array:
-    # den > 0 whenever a query sees a valid key; the floor only keeps rows that see none finite (they are 0).
-    return num / jnp.maximum(den, jnp.finfo(jnp.float32).tiny)[..., None]
+    # den > 0 whenever a query sees a valid key; a query that sees none has num = den = 0 and gets 0 (a
+    # `where` rather than a floor on den, so the gradient -num/den^2 stays finite there too).
+    return num / jnp.where(den > 0, den, 1.0)[..., None]
 
 
 def _bidirectional(phi_q: Array, phi_k: Array, v: Array) -> Array:
