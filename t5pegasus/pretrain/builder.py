@@ -71,11 +71,21 @@ def write_dataset(
         raise UserError(f"{out_dir} exists; choose another output or pass --overwrite")
     tfds.disable_progress_bar()
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        builder = T5pegasusExamples(
-            examples=examples, config=task, data_dir=str(tmp), file_format="array_record"
-        )
-        with contextlib.redirect_stdout(io.StringIO()):  # tfds prints a banner; our caller reports
-            builder.download_and_prepare()
+        count = [0]
+
+        def counted():
+            for ex in examples():
+                count[0] += 1
+                yield ex
+
+        builder = T5pegasusExamples(examples=counted, config=task, data_dir=str(tmp), file_format="array_record")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # tfds prints a banner; our caller reports
+                builder.download_and_prepare()
+        except AssertionError:
+            if count[0] == 0:  # tfds refuses an empty split
+                raise UserError("no examples were produced from the input (empty or unusable documents)") from None
+            raise
         meta = dict(metadata())
         meta["task"] = task
         meta["tfds_dir"] = str(Path(builder.data_dir).relative_to(tmp))

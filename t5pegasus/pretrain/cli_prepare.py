@@ -6,14 +6,10 @@ import argparse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "inputs", nargs="+", help="text files or directories, 'peoples-daily', or tfds:NAME[:SPLIT]"
-    )
+    parser.add_argument("inputs", nargs="+", help="text files or directories, 'peoples-daily', or tfds:NAME[:SPLIT]")
     parser.add_argument("-o", "--output", required=True, help="dataset directory to create")
     parser.add_argument("--tokenizer", required=True, help="vocab.txt (T5 PEGASUS) or sentencepiece .model")
-    parser.add_argument(
-        "--tokenizer-kind", default="auto", choices=["auto", "wordpiece", "sentencepiece", "cpm"]
-    )
+    parser.add_argument("--tokenizer-kind", default="auto", choices=["auto", "wordpiece", "sentencepiece", "cpm"])
     parser.add_argument("--task", default="seq2seq", choices=["seq2seq", "pegasus", "lm", "unilm"],
                         help="seq2seq: T5 PEGASUS pseudo-summaries; pegasus: masked gaps")  # fmt: skip
     parser.add_argument("--max-source-len", type=int, default=384)
@@ -21,9 +17,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-len", type=int, default=512, help="LM sequence length")
     parser.add_argument("--summary-ratio", type=float, default=0.25)
     parser.add_argument("--gap-ratio", type=float, default=0.3)
-    parser.add_argument(
-        "--keep-prob", type=float, default=0.0, help="pegasus: chance a chosen sentence stays"
-    )
+    parser.add_argument("--keep-prob", type=float, default=0.0, help="pegasus: chance a chosen sentence stays")
     parser.add_argument("--min-sentences", type=int, default=3)
     parser.add_argument("--doc-sep", default="line", choices=["line", "blank"],
                         help="one document per line, or blocks separated by blank lines")  # fmt: skip

@@ -68,9 +68,7 @@ class _Shaper:
         for name, length in self.lengths.items():
             pad = 0 if name in ("segment_ids", "weights") else self.pad
             out[name] = np.stack([_row(r[name], length, pad) for r in rows])
-        return self.finish(
-            out, {name: [min(len(r[name]), n) for r in rows] for name, n in self.lengths.items()}
-        )
+        return self.finish(out, {name: [min(len(r[name]), n) for r in rows] for name, n in self.lengths.items()})
 
     def finish(self, b: dict[str, np.ndarray], lens: dict[str, list[int]]) -> dict[str, np.ndarray]:
         """Add the masks from the true lengths."""
@@ -142,9 +140,7 @@ def make_dataset(
     meta = read_metadata(path)
     shaper = _Shaper(meta, max_source_len, max_target_len, max_len)
     if pack and shaper.task == "unilm":
-        raise UserError(
-            "packing is not available for UniLM examples (their segment ids are the attention mask)"
-        )
+        raise UserError("packing is not available for UniLM examples (their segment ids are the attention mask)")
     ds = grain.MapDataset.source(open_source(path))
     if shuffle:
         ds = ds.shuffle(seed=seed)

@@ -47,9 +47,7 @@ def _tfds_documents(spec: str, stats: Counter[str]) -> Iterator[str]:
     for ex in source:
         value = ex.get(field) if isinstance(ex, dict) else None
         if value is None:
-            raise UserError(
-                f"tfds dataset {name!r} has no text field {field!r}; name it as tfds:{name}:SPLIT:FIELD"
-            )
+            raise UserError(f"tfds dataset {name!r} has no text field {field!r}; name it as tfds:{name}:SPLIT:FIELD")
         stats["documents read"] += 1
         raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
         text = decode_document(raw, stats)

@@ -70,9 +70,7 @@ def decode_document(raw: bytes, stats: Counter[str]) -> str | None:
     return text
 
 
-def read_documents(
-    paths: Iterable[str | os.PathLike], stats: Counter[str], doc_sep: str = "line"
-) -> Iterator[str]:
+def read_documents(paths: Iterable[str | os.PathLike], stats: Counter[str], doc_sep: str = "line") -> Iterator[str]:
     """Documents of all files, in order; `stats` counts files and documents read, skipped and repaired."""
     if doc_sep not in ("line", "blank"):
         raise UserError(f"unknown document separator {doc_sep!r}; use line or blank")

@@ -1,0 +1,156 @@
+"""Prepare -> array_record -> grain batches: bad input, batch format, resume, process shards (People's Daily)."""
+
+import itertools
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from t5pegasus.cli import main
+from t5pegasus.pretrain.corpora import iter_peoples_daily_documents, peoples_daily_paragraphs
+from t5pegasus.pretrain.examples import ExampleConfig, ExampleMaker
+from t5pegasus.pretrain.loader import make_dataset
+from t5pegasus.text import BertJiebaTokenizer, build_wordpiece_vocab, save_vocab
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pipe")
+    paras = list(itertools.islice(peoples_daily_paragraphs(), 2000))
+    save_vocab(build_wordpiece_vocab(paras, 5000), d / "vocab.txt")
+    docs = list(itertools.islice(iter_peoples_daily_documents(), 60))
+    (d / "corpus").mkdir()
+    (d / "corpus" / "a.txt").write_text("\n\n".join(docs[:40]), encoding="utf-8")
+    (d / "corpus" / "b.txt").write_bytes(
+        "\n\n".join(docs[40:]).encode()
+        + b"\n\n"
+        + "第一句话。第二句话！".encode()
+        + b"\xc3\x01"
+        + "第三句话？".encode()
+    )
+    (d / "corpus" / "empty.txt").write_bytes(b"")
+    (d / "corpus" / "blob.bin").write_bytes(b"\x00\x01\x02" * 1000)
+    (d / "corpus" / "c.txt").write_bytes(b"\xff" * 500 + b"\n\n" + "只有一句话。".encode() + b"\n\n" +
+                                         "Mixed 中文 and English. 第二句。Third one! 第四句？".encode())  # fmt: skip
+    (d / "corpus" / "long.txt").write_text("很长的一行，" * 40_000, encoding="utf-8")  # one 240k-char line
+    return d
+
+
+def prepare(work, name, *extra):
+    out = work / name
+    args = ["prepare", str(work / "corpus"), "-o", str(out), "--tokenizer", str(work / "vocab.txt")]
+    assert main(args + ["--doc-sep", "blank", "--max-source-len", "128", "--max-target-len", "48", *extra]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def seq2seq(work):
+    return prepare(work, "s2s")
+
+
+def test_prepare_counts_bad_input(seq2seq, capsys):
+    meta = json.loads((seq2seq / "t5pegasus.json").read_text())
+    stats = meta["stats"]
+    assert stats["files: empty"] == 1 and stats["files: skipped binary"] == 1
+    assert stats["dropped: invalid UTF-8"] == 1  # the block of 0xff bytes
+    assert stats["repaired: invalid UTF-8 bytes removed"] == 1 and stats["repaired: control characters removed"] == 1
+    assert stats["packed documents dropped: fewer than 3 sentences"] >= 1  # the one-sentence document
+    assert stats["documents used"] >= 55  # every good article kept, the long line and the mixed one too
+    assert meta["num_examples"] == stats["examples"] > 200
+    assert meta["tokenizer"]["special_ids"]["decoder_start"] == 101
+
+
+def test_prepare_user_errors(work, capsys):
+    assert main(["prepare", str(work / "nope"), "-o", str(work / "x"), "--tokenizer", str(work / "vocab.txt")]) == 2
+    (work / "only_empty").mkdir()
+    (work / "only_empty" / "e.txt").write_text("")
+    args = ["prepare", str(work / "only_empty"), "-o", str(work / "y"), "--tokenizer", str(work / "vocab.txt")]
+    assert main(args) == 2
+    assert not (work / "y").exists()
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_seq2seq_batch_format(seq2seq):
+    b = next(make_dataset(seq2seq, batch_size=4, process_index=0, process_count=1))
+    assert {k: v.shape for k, v in b.items()} == {
+        "encoder_ids": (4, 128), "encoder_mask": (4, 128), "decoder_ids": (4, 48), "targets": (4, 48),
+        "target_mask": (4, 48), "weights": (4, 48),
+    }  # fmt: skip
+    assert all(v.dtype == np.int32 for v in b.values())
+    assert (b["encoder_ids"][:, 0] == 101).all() and (b["decoder_ids"][:, 0] == 101).all()
+    n = b["target_mask"].sum(1)
+    for i in range(4):
+        assert b["targets"][i, n[i] - 1] == 102  # target ends with [SEP]
+        assert (b["decoder_ids"][i, 1 : n[i]] == b["targets"][i, : n[i] - 1]).all()  # shifted by one
+        assert (b["encoder_ids"][i][b["encoder_mask"][i] == 0] == 0).all()
+
+
+def collect(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_resume_yields_the_same_batches(seq2seq):
+    kw = dict(batch_size=8, seed=3, process_index=0, process_count=1)
+    full = collect(make_dataset(seq2seq, **kw), 70)  # crosses epoch boundaries
+    it = make_dataset(seq2seq, **kw)
+    collect(it, 33)
+    state = json.loads(json.dumps(it.get_state()))
+    resumed = make_dataset(seq2seq, **kw)
+    resumed.set_state(state)
+    assert all(same(a, b) for a, b in zip(full[33:], collect(resumed, 37), strict=True))
+
+
+def test_shuffle_is_deterministic_by_seed(seq2seq):
+    a = next(make_dataset(seq2seq, batch_size=8, seed=1, process_index=0, process_count=1))
+    b = next(make_dataset(seq2seq, batch_size=8, seed=1, process_index=0, process_count=1))
+    c = next(make_dataset(seq2seq, batch_size=8, seed=2, process_index=0, process_count=1))
+    assert same(a, b) and not same(a, c)
+
+
+def rows(path, **kw):
+    it = make_dataset(path, batch_size=1, num_epochs=1, drop_remainder=False, **kw)
+    return [tuple(b["encoder_ids"][0]) + tuple(b["targets"][0]) for b in it]
+
+
+def test_two_processes_see_disjoint_complete_shards(seq2seq):
+    everything = Counter(rows(seq2seq, process_index=0, process_count=1))
+    p0, p1 = rows(seq2seq, process_index=0, process_count=2), rows(seq2seq, process_index=1, process_count=2)
+    assert Counter(p0) + Counter(p1) == everything  # together: every example exactly once
+    unique = {r for r, n in everything.items() if n == 1}  # (the repeated long line gives equal examples)
+    assert len(unique) > 100 and not (set(p0) & set(p1) & unique)
+    assert abs(len(p0) - len(p1)) <= 1
+
+
+def test_packing(seq2seq):
+    kw = dict(max_source_len=512, max_target_len=192, process_index=0, process_count=1)
+    b = next(make_dataset(seq2seq, batch_size=4, pack=True, **kw))
+    assert b["encoder_segment_ids"].max() >= 2  # several examples in one row
+    assert ((b["target_mask"] == 1) == (b["decoder_segment_ids"] > 0)).all()
+    assert (b["encoder_ids"][b["encoder_segment_ids"] == 0] == 0).all()
+
+
+def test_lm_and_unilm_batches(work):
+    lm = next(make_dataset(prepare(work, "lm", "--task", "lm", "--max-len", "64"), batch_size=2,
+                           process_index=0, process_count=1))  # fmt: skip
+    assert lm["ids"].shape == lm["targets"].shape == lm["weights"].shape == (2, 63)
+    n = lm["weights"].sum(1)
+    assert (lm["ids"][:, 1 : n[0]][0] == lm["targets"][:, : n[0] - 1][0]).all()
+    uni = next(make_dataset(prepare(work, "uni", "--task", "unilm"), batch_size=2, process_index=0, process_count=1))
+    assert uni["ids"].shape == uni["segment_ids"].shape == (2, 176)
+    for i in range(2):
+        ids, seg, tgt, w = uni["ids"][i], uni["segment_ids"][i], uni["targets"][i], uni["weights"][i]
+        assert ids[0] == 101 and seg[0] == 0 and seg.max() == 1
+        assert (tgt[:-1][w[:-1] == 1] == ids[1:][seg[1:] == 1]).all()  # predicts exactly the target tokens
+
+
+def test_pegasus_examples_mask_sentences(work):
+    tok = BertJiebaTokenizer(work / "vocab.txt")
+    maker = ExampleMaker(tok, ExampleConfig(task="pegasus"))
+    doc = next(iter_peoples_daily_documents())
+    ex = next(iter(maker(doc)))
+    assert (ex["source"] == tok.mask_id).sum() >= 1 and ex["target"][0] == 101
