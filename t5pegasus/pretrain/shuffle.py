@@ -21,7 +21,7 @@ from t5pegasus.errors import UserError
 from t5pegasus.fileio import atomic_path
 
 BLOCK = 8 << 20  # pass-1 read size
-CHUNK = 4 << 20  # pass-2 output chunk
+CHUNK = 1 << 20  # pass-2 output chunk
 OVERHEAD = 48 << 20  # interpreter, numpy and buffers
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -69,19 +69,21 @@ def _scatter(block: bytes, files: list, rng: np.random.Generator) -> int:
 def _permute_into(data: bytes, out, rng: np.random.Generator) -> int:
     """Write the lines of `data` to `out` in a uniformly random order; returns the number of lines."""
     arr = np.frombuffer(data, np.uint8)
-    starts, ends = _line_bounds(arr)
-    n = len(starts)
+    ends = (np.flatnonzero(arr == 10) + 1).astype(np.int64)
+    n = len(ends)
     order = rng.permutation(n)
-    lengths = (ends - starts)[order]
-    starts = starts[order]
+    starts = np.empty(n, np.int64)
+    starts[0:1], starts[1:] = 0, ends[:-1]
+    starts, lengths = starts[order], (ends - starts)[order]
+    del ends, order
+    cum = np.cumsum(lengths)  # output offset after each permuted line
     i = 0
     while i < n:
-        total = np.cumsum(lengths[i:])
-        j = i + max(1, int(np.searchsorted(total, CHUNK, side="right")))
+        base = int(cum[i - 1]) if i else 0
+        j = max(i + 1, int(np.searchsorted(cum, base + CHUNK, side="right")))
         ln = lengths[i:j]
-        offsets = np.repeat(starts[i:j] - np.concatenate([[0], np.cumsum(ln)[:-1]]), ln)
-        idx = offsets + np.arange(int(ln.sum()))
-        out.write(arr[idx].tobytes())
+        first = np.repeat(starts[i:j] - (cum[i:j] - ln - base), ln)  # source offset minus output offset
+        out.write(arr[first + np.arange(first.size)].tobytes())
         i = j
     return n
 
@@ -101,7 +103,7 @@ def shuffle_file(
     if memory < 2 * OVERHEAD:
         raise UserError(f"memory budget {memory} bytes is too small; give at least {2 * OVERHEAD >> 20}M")
     size = src.stat().st_size
-    per_bucket = (memory - OVERHEAD) / 2.0  # bucket bytes + offsets, permutation and chunk buffers
+    per_bucket = (memory - OVERHEAD) / 2.5  # bucket bytes + per-line offsets, permutation, buffers
     n_buckets = max(1, math.ceil(size / per_bucket))
     if n_buckets > 60000:
         raise UserError("the memory budget is too small for this file; raise --memory")
