@@ -68,7 +68,10 @@ class Embed(nn.Module):
         )
 
     def __call__(self, ids: Array) -> Array:
-        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+        # Gather rows from a table whole along embed (FSDP gathers it as it does every weight before use), so
+        # the looked-up activations can be laid out by batch without an all-to-all.
+        table = nn.with_logical_constraint(self.embedding, ("vocab", None))
+        return constrain(jnp.take(table, ids, axis=0).astype(self.dtype), ("batch", "length", "embed"))
 
     def attend(self, x: Array) -> Array:
         """x @ embedding^T: logits over the vocabulary, accumulated in float32."""
@@ -268,3 +271,143 @@ def unstack_layers(tree: Any) -> Any:
         for i in range(n):
             out[f"layers_{i}"] = unstack_layers(jax.tree_util.tree_map(lambda x, i=i: x[i], tree["layers"]))
     return out
+
+
+class LayerNorm(nn.Module):
+    """BERT/GPT layer norm: (x - mean) / sqrt(var + eps) * scale + bias, computed in float32."""
+
+    epsilon: float = 1e-12
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def _params(self, features: int) -> tuple[Array, Array]:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (features,),
+                           self.param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (features,),
+                          self.param_dtype)
+        return scale.astype(jnp.float32), bias.astype(jnp.float32)
+
+    def _normalise(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        return (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale, bias = self._params(x.shape[-1])
+        return (self._normalise(x) * scale + bias).astype(self.dtype)
+
+
+class ConditionalLayerNorm(LayerNorm):
+    """Layer norm whose scale and bias are shifted by linear projections of a condition vector.
+
+    scale = scale_0 + c W_s, bias = bias_0 + c W_b with W_s, W_b initialised to zero, so a freshly
+    conditioned model computes exactly what the unconditioned one does (conditional text generation,
+    e.g. CVAE-style or class-conditioned UniLM). `condition` is [batch, c] (broadcast over the length axes)
+    or shaped like x up to its last axis.
+    """
+
+    @nn.compact
+    def __call__(self, x: Array, condition: Array) -> Array:  # type: ignore[override]
+        features = x.shape[-1]
+        scale, bias = self._params(features)
+        c = condition.astype(jnp.float32)
+        while c.ndim < x.ndim:
+            c = c[:, None]
+        shifts = []
+        for name in ("condition_scale", "condition_bias"):
+            kernel = self.param(name, nn.with_logical_partitioning(nn.initializers.zeros, (None, "embed")),
+                                (c.shape[-1], features), self.param_dtype)
+            shifts.append(jnp.einsum("...c,cd->...d", c, kernel.astype(jnp.float32)))
+        return (self._normalise(x) * (scale + shifts[0]) + bias + shifts[1]).astype(self.dtype)
+
+
+class PositionEmbed(nn.Module):
+    """A small learned table [rows, embed] looked up by index (positions, segment/token types).
+
+    Its row axis has no logical name (replicated): it is small and indexed by position, not by vocabulary.
+    """
+
+    num_embeddings: int
+    features: int
+    stddev: float = 0.02
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, index: Array) -> Array:
+        table = self.param("embedding", nn.with_logical_partitioning(normal(self.stddev), (None, "embed")),
+                           (self.num_embeddings, self.features), self.param_dtype)
+        return jnp.take(table, index, axis=0).astype(self.dtype)
+
+
+class MLP(nn.Module):
+    """BERT/GPT feed-forward with biases: wo(act(x wi + b_i)) + b_o."""
+
+    d_ff: int
+    activation: str
+    stddev: float = 0.02
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+        h = ACTIVATIONS[self.activation](Dense((self.d_ff,), ("embed", "mlp"), self.stddev, name="wi", **kw)(x))
+        h = constrain(h, ("batch", "length", "mlp"))
+        return Dense((x.shape[-1],), ("mlp", "embed"), self.stddev, name="wo", **kw)(h)
+
+
+def run_layers(parent: nn.Module, layer_cls: type[nn.Module], n: int, x: Array, args: tuple,
+               **layer_kwargs: Any) -> Array:
+    """Apply n layers `layer_cls(parent.cfg, ...)`, unrolled (params `layers_i`) or, when the config says
+    `scan_layers`, with nn.scan (params and cache stacked under `layers`); `remat` recomputes activations.
+
+    The layer returns `(x, None)` when built with `scanned=True` (the scan carry), else `x`.
+    """
+    cfg = parent.cfg  # type: ignore[attr-defined]
+    cls = nn.remat(layer_cls, prevent_cse=not cfg.scan_layers) if cfg.remat else layer_cls
+    if cfg.scan_layers:
+        scanned = nn.scan(
+            cls,
+            variable_axes={"params": 0, "cache": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * len(args),
+            length=n,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, _ = scanned(cfg, scanned=True, name="layers", **layer_kwargs)(x, *args)
+        return x
+    for i in range(n):
+        x = cls(cfg, name=f"layers_{i}", **layer_kwargs)(x, *args)
+    return x
+
+
+class DecodeState(nn.Module):
+    """Per-sequence bookkeeping of a KV cache, shared by all layers ("cache" collection).
+
+    Holds the next absolute `position`, which cache slots hold real tokens (`key_valid` [b, max_len]) and each
+    slot's running count of target-segment tokens (`key_count`, the UniLM c = cumsum(segment_ids)), so a
+    cached step can rebuild the causal or UniLM mask exactly. The first call (cache initialisation, with a
+    dummy input as long as the cache) only creates the variables.
+    """
+
+    @nn.compact
+    def __call__(self, valid: Array, segment_ids: Array) -> tuple[Array | int, Array, Array, Array]:
+        """(offset, key_valid [b, k], key_count [b, k], query_count [b, q]) for this chunk of tokens."""
+        batch, length = valid.shape
+        initialised = self.has_variable("cache", "position")
+        position = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+        key_valid = self.variable("cache", "key_valid", jnp.zeros, (batch, length), jnp.bool_)
+        key_count = self.variable("cache", "key_count", jnp.zeros, (batch, length), jnp.int32)
+        last = self.variable("cache", "last_count", jnp.zeros, (batch,), jnp.int32)
+        counts = last.value[:, None] + jnp.cumsum(segment_ids.astype(jnp.int32), axis=1)
+        if not initialised:
+            return 0, valid.astype(bool), counts, counts
+        offset = position.value
+        key_valid.value = jax.lax.dynamic_update_slice(key_valid.value, valid.astype(bool), (0, offset))
+        key_count.value = jax.lax.dynamic_update_slice(key_count.value, counts, (0, offset))
+        last.value = counts[:, -1]
+        position.value = offset + length
+        return offset, key_valid.value, key_count.value, counts
