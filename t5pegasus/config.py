@@ -196,3 +196,120 @@ class T5Config(ConfigBase):
     @property
     def gated(self) -> bool:
         return self.feed_forward.startswith("gated-")
+
+
+BERT_ATTENTION = ("bidirectional", "unilm", "causal")
+ACTIVATION_NAMES = ("gelu", "gelu-erf", "relu", "silu")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig(ConfigBase):
+    """BERT encoder with pooler and tied MLM head; `attention` picks the mask (UniLM = BERT + seq2seq mask).
+
+    `attention="unilm"` builds the mask from segment ids (0 source, 1 target); "causal" is a plain LM mask.
+    `conditional_layer_norm` makes every LayerNorm conditional on a vector of `condition_size` (its projection
+    starts at zero, so the model starts identical to the unconditioned one). `with_pooler` / `with_mlm` say
+    whether the pooler and the MLM head exist (HF `BertModel` has no MLM head, `BertForMaskedLM` no pooler).
+    """
+
+    family: ClassVar[str] = "bert"
+
+    vocab_size: int = 21128
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    head_dim: int = 64
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_act: str = "gelu-erf"
+    layer_norm_epsilon: float = 1e-12
+    dropout_rate: float = 0.1
+    attention: str = "bidirectional"
+    with_pooler: bool = True
+    pooler_activation: str = "tanh"
+    with_mlm: bool = True
+    conditional_layer_norm: bool = False
+    condition_size: int = 0
+    initializer_range: float = 0.02
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat: bool = False
+    pad_token_id: int = 0
+    unk_token_id: int = 100
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    mask_token_id: int = 103
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, head_dim=8, intermediate_size=64,
+                     max_position_embeddings=64, dropout_rate=0.0, unk_token_id=1, cls_token_id=2, sep_token_id=3,
+                     mask_token_id=4),
+        "bert-base-chinese": dict(),
+        "unilm-base": dict(attention="unilm"),
+        # SimBERT: UniLM whose pooler is linear (its output is the sentence vector).
+        "simbert-base": dict(attention="unilm", pooler_activation="linear"),
+    }
+
+    def __post_init__(self) -> None:
+        self._check(self.attention in BERT_ATTENTION, f"attention {self.attention!r} is not one of "
+                    f"{', '.join(BERT_ATTENTION)}")
+        self._check(self.hidden_act in ACTIVATION_NAMES,
+                    f"hidden_act {self.hidden_act!r} is not one of {', '.join(ACTIVATION_NAMES)}")
+        self._check(self.pooler_activation in ("tanh", "linear"), "pooler_activation must be tanh or linear")
+        self._check(self.dtype in DTYPES and self.param_dtype in DTYPES,
+                    f"dtype and param_dtype must be one of {', '.join(DTYPES)}")
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size"):
+            self._check(getattr(self, name) > 0, f"{name} must be positive")
+        self._check(0.0 <= self.dropout_rate < 1.0, "dropout_rate must be in [0, 1)")
+        self._check(not self.conditional_layer_norm or self.condition_size > 0,
+                    "conditional_layer_norm needs condition_size > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig(ConfigBase):
+    """GPT-2 style decoder: pre-LN blocks, learned positions, tanh GELU, LM head tied to the token embedding."""
+
+    family: ClassVar[str] = "gpt"
+
+    vocab_size: int = 50257
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    head_dim: int = 64
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 1024
+    hidden_act: str = "gelu"
+    layer_norm_epsilon: float = 1e-5
+    dropout_rate: float = 0.1
+    initializer_range: float = 0.02
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat: bool = False
+    pad_token_id: int = 0
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, head_dim=8, intermediate_size=128,
+                     max_position_embeddings=64, dropout_rate=0.0, bos_token_id=1, eos_token_id=1),
+        "gpt2": dict(),
+        # CPM-LM 2.6B (pre-LN GPT-2). Its special ids belong to its sentencepiece tokenizer: override them
+        # from the tokenizer (these zeros only keep the ids inside the vocabulary).
+        "cpm-lm": dict(vocab_size=30000, hidden_size=2560, num_layers=32, num_heads=32, head_dim=80,
+                       intermediate_size=10240, max_position_embeddings=1024, pad_token_id=0, bos_token_id=0,
+                       eos_token_id=0),
+    }
+
+    def __post_init__(self) -> None:
+        self._check(self.hidden_act in ACTIVATION_NAMES,
+                    f"hidden_act {self.hidden_act!r} is not one of {', '.join(ACTIVATION_NAMES)}")
+        self._check(self.dtype in DTYPES and self.param_dtype in DTYPES,
+                    f"dtype and param_dtype must be one of {', '.join(DTYPES)}")
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size",
+                     "max_position_embeddings"):
+            self._check(getattr(self, name) > 0, f"{name} must be positive")
+        self._check(0.0 <= self.dropout_rate < 1.0, "dropout_rate must be in [0, 1)")
