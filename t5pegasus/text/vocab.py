@@ -26,15 +26,15 @@ def build_wordpiece_vocab(
     texts: Iterable[str], size: int, *, min_count: int = 1, min_char_count: int = 1
 ) -> list[str]:
     """Characters plus the most frequent jieba words of `texts`, in the BERT layout, up to `size` tokens."""
-    import jieba
+    from t5pegasus.text.segment import word_cutter
 
-    jieba.setLogLevel(logging.WARNING)
+    cut = word_cutter(hmm=False)
     chars: Counter[str] = Counter()
     words: Counter[str] = Counter()
     for text in texts:
         text = lowercase_and_normalize(text)
         chars.update(text)
-        words.update(w for w in jieba.cut(text, HMM=False) if len(w) > 1)
+        words.update(w for w in cut(text) if len(w) > 1)
     if not chars:
         raise UserError("the corpus for the vocabulary is empty")
     vocab = list(BERT_HEAD)

@@ -13,7 +13,6 @@ to a Python implementation of the reference, so the result is exact either way.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import re
 import unicodedata
@@ -153,11 +152,9 @@ class BertJiebaTokenizer(Tokenizer):
         self._cache: dict[str, list[int]] = {}
         self._cut = None
         if use_jieba:
-            import jieba
+            from t5pegasus.text.segment import word_cutter
 
-            jieba.setLogLevel(logging.WARNING)
-            jieba.initialize()
-            self._cut = functools.partial(jieba.cut, HMM=False)
+            self._cut = word_cutter(hmm=False)
 
     # -- Tokenizer interface -------------------------------------------------------------------------------
     @property
