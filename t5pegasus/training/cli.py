@@ -1,4 +1,9 @@
-"""`t5pegasus pretrain`: placeholder until the pretraining loop lands (issue 6)."""
+"""`t5pegasus pretrain [--config FILE|PRESET] [key=value ...]`: the pretraining job.
+
+With no arguments it runs the embedded demo (`t5pegasus/configs/pretrain-demo.yaml`): T5 PEGASUS-style
+pseudo-summary pretraining of a small model on the People's Daily corpus, on the CPU. Rerunning the same
+command resumes from the latest checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,49 @@ import argparse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML run config (default: the embedded T5 PEGASUS demo run)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the run config")
+    parser.add_argument("--config", help="YAML run config file, or a packaged preset name "
+                        "(default: the embedded T5 PEGASUS demo run)")  # fmt: skip
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="overrides of the run config with dotted keys, e.g. train.steps=200 "
+                        "optim.learning_rate=3e-4 model.d_model=128 mesh.rules=fsdp")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
-    print("t5pegasus pretrain: the pretraining loop is not built yet (tracked in the pretraining issue).")
-    return 1
+    from t5pegasus.training import runconfig
+
+    cfg = runconfig.load(args.config, args.overrides)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    from t5pegasus.training.loop import train
+
+    result = train(cfg)
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
+    command = "t5pegasus pretrain" + (f" --config {args.config}" if args.config else "")
+    command += "".join(f" {o}" for o in args.overrides)
+    d = result.run_dir
+    last = max(result.checkpoint_steps) if result.checkpoint_steps else None
+    lines = []
+    if result.interrupted:
+        lines.append(f"stopped by {result.interrupted} at step {result.final_step} of {cfg.train.steps}.")
+    else:
+        lines.append(f"finished: step {result.final_step} of {cfg.train.steps}.")
+    if result.last_train:
+        lines.append(f"  last train loss {result.last_train.get('loss', float('nan')):.4f}"
+                     + (f", held-out loss {result.last_eval['loss']:.4f}" if result.last_eval else ""))
+    lines += [
+        f"  run directory:  {d}",
+        f"  checkpoints:    {d / 'checkpoints'} (steps {', '.join(map(str, result.checkpoint_steps))})",
+        f"  logs:           {d / 'metrics.jsonl'}; TensorBoard: tensorboard --logdir {d / 'tensorboard'}",
+        f"  model config:   {d / 'model_config.json'}; tokenizer: see {d / 'tokenizer.txt'}",
+        f"  resume:         {command}" + ("" if result.interrupted else "   (add train.steps=N to train longer)"),
+    ]
+    if last is not None:
+        lines.append(f"  export / generate: use checkpoint {d / 'checkpoints' / str(last)} with "
+                     f"`t5pegasus convert` and `t5pegasus generate` (see docs/training.md)")
+    print("\n".join(lines))
+    return 130 if result.interrupted == "SIGINT" else (143 if result.interrupted == "SIGTERM" else 0)

@@ -45,7 +45,8 @@ class Objective:
     def logits(self, params: Any, batch: Batch, rng: Array | None = None, deterministic: bool = True) -> Array:
         args, kwargs = self.call_args(batch, deterministic)
         rngs = None if deterministic or rng is None else {"dropout": rng}
-        return self.model.apply({"params": params}, *args, **kwargs, rngs=rngs)
+        out = self.model.apply({"params": params}, *args, **kwargs, rngs=rngs)
+        return getattr(out, "logits", out)  # BERT returns a BertOutput
 
     def loss(self, params: Any, batch: Batch, rng: Array | None = None, deterministic: bool = False) -> TokenSums:
         logits = self.logits(params, batch, rng, deterministic)
@@ -63,7 +64,7 @@ def _lm_args(batch: Batch, deterministic: bool) -> tuple[tuple, dict[str, Any]]:
 
 
 def _unilm_args(batch: Batch, deterministic: bool) -> tuple[tuple, dict[str, Any]]:
-    return (batch["ids"],), {"segment_ids": batch["segment_ids"], "unilm": True, "deterministic": deterministic}
+    return (batch["ids"], batch["segment_ids"]), {"deterministic": deterministic}
 
 
 # kind -> (model family, forward, batch fields -> length name)
@@ -90,6 +91,9 @@ def make_objective(kind: str, model_cfg: Any, *, label_smoothing: float = 0.0, z
     cls = getattr(models, MODEL_CLASSES[family], None)
     if cls is None:
         raise UserError(f"objective {kind!r} needs the {MODEL_CLASSES[family]} model, which this install lacks")
+    if kind == "unilm" and getattr(model_cfg, "attention", "unilm") != "unilm":
+        raise UserError(f"objective unilm needs a BERT with attention='unilm' (set model.attention=unilm), "
+                        f"not {model_cfg.attention!r}")
     return Objective(kind, cls(model_cfg), call_args, fields, label_smoothing, z_loss)
 
 

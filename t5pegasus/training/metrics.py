@@ -1,0 +1,139 @@
+"""Metrics: MFU (model FLOPs over the platform peak), a JSONL log, TensorBoard events, a live progress line.
+
+Only process 0 writes. The progress display (rich) is shown on a terminal; in CI or when output is piped,
+one plain line per logging interval is printed instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def measure_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a large square matmul on the default device (best of `repeats`)."""
+    a = jnp.ones((n, n), dtype)
+    b = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n**3 / best
+
+
+def platform_peak(dtype: str, configured: float = 0.0) -> float:
+    """Peak FLOP/s of everything this process drives: the CPU host (its devices share the cores), or
+    per-device peak x local devices on an accelerator. `configured` (>0) replaces the measurement."""
+    per_unit = configured or measure_matmul_peak(dtype)
+    return per_unit if jax.default_backend() == "cpu" else per_unit * jax.local_device_count()
+
+
+def step_flops(fn: Callable[..., Any], *args: Any) -> float:
+    """FLOPs XLA counts for `fn(*args)` (e.g. a forward pass; a train step is ~3x its forward)."""
+    try:
+        cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    except Exception:  # some backends have no cost model
+        return 0.0
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+def use_progress(setting: str) -> bool:
+    if setting in ("on", "off"):
+        return setting == "on"
+    return sys.stdout.isatty() and not os.environ.get("CI")
+
+
+class MetricsLog:
+    """Writes scalars to `run_dir/metrics.jsonl` and TensorBoard (`run_dir/tensorboard`), and shows progress."""
+
+    def __init__(self, run_dir: Path, *, total_steps: int, start_step: int, jsonl: bool = True,
+                 tensorboard: bool = True, progress: str = "auto") -> None:
+        self.enabled = jax.process_index() == 0
+        self.jsonl = None
+        self.tb = None
+        self.live = None
+        self.total = total_steps
+        if not self.enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if jsonl:
+            self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if use_progress(progress):
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.live = Progress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+            self.task = self.live.add_task("train", total=total_steps, completed=start_step, info="compiling…")
+            self.live.start()
+
+    def write(self, step: int, kind: str, values: dict[str, float]) -> None:
+        """Record `values` (kind: train / eval / event) at `step`."""
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if isinstance(v, int | float | np.generic | np.ndarray) else v)
+                 for k, v in values.items()}
+        if self.jsonl:
+            self.jsonl.write(json.dumps({"step": step, "kind": kind, "time": time.time(), **clean}) + "\n")
+            self.jsonl.flush()
+        if self.tb:
+            for k, v in clean.items():
+                if isinstance(v, float):
+                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+            self.tb.flush()
+        line = " ".join(_fmt(k, v) for k, v in clean.items() if k in SHOWN)
+        if self.live is not None:
+            if kind == "train":
+                self.live.update(self.task, completed=step, info=line)
+            else:
+                self.live.console.print(f"step {step} {kind}: {line}")
+        else:
+            print(f"step {step}/{self.total} {kind}: {line}", flush=True)
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.live is not None:
+            self.live.console.print(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+        if self.jsonl:
+            self.jsonl.close()
+        if self.tb:
+            self.tb.close()
+
+
+SHOWN = ("loss", "accuracy", "learning_rate", "grad_norm", "tokens_per_s", "step_time", "mfu", "skipped")
+
+
+def _fmt(k: str, v: Any) -> str:
+    short = {"learning_rate": "lr", "tokens_per_s": "tok/s", "step_time": "s/step", "accuracy": "acc",
+             "grad_norm": "|g|"}.get(k, k)
+    if k in ("tokens_per_s",):
+        return f"{short}={v:,.0f}"
+    if k == "mfu":
+        return f"mfu={100 * v:.1f}%"
+    if k in ("learning_rate",):
+        return f"{short}={v:.2e}"
+    return f"{short}={v:.4g}" if isinstance(v, float) else f"{short}={v}"
