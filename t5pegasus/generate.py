@@ -10,10 +10,12 @@ The implementation lives in `t5pegasus.decoding`; this module is its public face
 
 from t5pegasus.decoding import (
     DecodingModel,
+    GPTDecoding,
     Output,
     Settings,
     Start,
     T5Decoding,
+    UniLMDecoding,
     banned_ngram_tokens,
     generate,
     reorder_kv_cache,
@@ -21,5 +23,5 @@ from t5pegasus.decoding import (
     support,
 )
 
-__all__ = ["DecodingModel", "Output", "Settings", "Start", "T5Decoding", "banned_ngram_tokens", "generate",
-           "reorder_kv_cache", "repetition_penalty", "support"]
+__all__ = ["DecodingModel", "GPTDecoding", "Output", "Settings", "Start", "T5Decoding", "UniLMDecoding",
+           "banned_ngram_tokens", "generate", "reorder_kv_cache", "repetition_penalty", "support"]

@@ -54,7 +54,9 @@ def reorder_kv_cache(cache: Any, index: Array) -> Any:
     """Gather rows of a flax "cache" collection's self-attention keys/values; leave everything else.
 
     Cached keys/values are [..., batch, length, heads, head_dim] (a leading layers axis when layers are
-    scanned), so the batch axis is ndim - 4. Cross-attention memory is constant per example and is skipped.
+    scanned), so the batch axis is ndim - 4. Everything else is equal across an example's copies and is
+    skipped: cross-attention memory, and the GPT/BERT `DecodeState` rows (slot validity and UniLM segment
+    counts: the same prompt, then one real target token per step in every copy).
     """
 
     def gather(path: tuple, leaf: Array) -> Array:
