@@ -86,8 +86,8 @@ def test_gradients_finite_and_equal_across_backends():
         np.testing.assert_allclose(g, g_ref, atol=1e-4)
 
 
-def _call(platform, dtype=jnp.bfloat16, t=256, s=256, d=64, bias=False, mask=False, training=True):
-    return Call(platform, jnp.dtype(dtype), t, s, d, bias, mask, training)
+def _call(platform, dtype=jnp.bfloat16, t=256, s=256, d=64, bias=False, mask=False, training=True, mesh=False):
+    return Call(platform, jnp.dtype(dtype), t, s, d, bias, mask, training, mesh)
 
 
 def test_auto_picks_fastest_capable_backend_per_platform():
@@ -103,6 +103,8 @@ def test_auto_picks_fastest_capable_backend_per_platform():
     assert resolve_backend("auto", _call("tpu", bias=True)) == "flash"  # splash cannot take a bias
     assert resolve_backend("auto", _call("tpu", mask=True)) == "flash"
     assert resolve_backend("auto", _call("tpu", t=200)) == "einsum"  # not a multiple of the 128 tile
+    assert resolve_backend("auto", _call("tpu", mesh=True)) == "einsum"  # Pallas kernels need a shard_map
+    assert resolve_backend("auto", _call("gpu", mesh=True)) == "cudnn"  # cuDNN has partitioning rules
 
 
 def test_named_backend_falls_back_when_it_cannot_take_the_call():
@@ -143,3 +145,22 @@ def test_flash_wrapper_keeps_bias_unscaled_and_folds_mask_in_interpret_mode():
         out = kernels.flash_attention(q, k, v, bias, mask, scale=0.2, is_causal=True)
     ref = einsum_attention(q, k, v, bias, mask, scale=0.2, is_causal=True)
     np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+def test_cudnn_wrapper_hands_cudnn_full_size_bias_and_mask(monkeypatch):
+    """No GPU here: check what the wrapper passes to jax.nn.dot_product_attention(implementation="cudnn")
+    (cuDNN needs the trailing (q, k) dims in full) and that it means the same attention."""
+    real = jax.nn.dot_product_attention
+    seen = {}
+
+    def fake(q, k, v, bias=None, mask=None, *, implementation=None, **kw):
+        seen.update(implementation=implementation, bias=bias.shape, mask=mask.shape, dtype=bias.dtype)
+        return real(q, k, v, bias=bias, mask=mask, implementation="xla", **kw)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
+    q, k, v = _qkv(t=6, s=10)
+    bias = jnp.linspace(-1, 1, 10)  # 1-D over keys
+    mask = (jnp.arange(10) < 8)[None, None, None, :]
+    out = kernels.cudnn_attention(q, k, v, bias, mask, scale=0.3, is_causal=True)
+    assert seen == {"implementation": "cudnn", "bias": (1, 1, 6, 10), "mask": (1, 1, 6, 10), "dtype": q.dtype}
+    np.testing.assert_allclose(out, einsum_attention(q, k, v, bias, mask, 0.3, is_causal=True), atol=1e-5)

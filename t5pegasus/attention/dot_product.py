@@ -81,6 +81,7 @@ def dot_product_attention(
         head_dim=q.shape[-1],
         has_bias=bias is not None,
         has_mask=mask is not None,
+        multi_device=jax.sharding.get_abstract_mesh().size > 1,
     )
     name = kernels.resolve_backend(backend, call)
     fn = einsum_attention if name == "einsum" else kernels.FUSED[name]

@@ -8,8 +8,8 @@ Every backend computes softmax(scale * q k^T + bias, masked by `mask` and `is_ca
 | einsum  | everywhere   | any broadcastable | any broadcastable    | reference (dot_product.py)       |
 | xla     | everywhere   | 4-D broadcastable | 4-D broadcastable    | jax.nn.dot_product_attention     |
 | cudnn   | GPU          | yes (full q x k)  | folded into the bias | bf16/fp16, head_dim % 8, <= 128  |
-| flash   | TPU (Pallas) | yes (materialised)| folded into the bias | lengths % 128                    |
-| splash  | TPU (Pallas) | no                | no (only is_causal)  | lengths % 128, static mask       |
+| flash   | TPU (Pallas) | yes (materialised)| folded into the bias | lengths % 128, one-device mesh   |
+| splash  | TPU (Pallas) | no                | no (only is_causal)  | lengths % 128, one-device mesh   |
 
 `resolve_backend` turns a request ("auto" or a name) into the backend that will really run: "auto" is the
 fastest one that can take the arguments on this platform; a named backend that cannot take them (wrong
@@ -47,6 +47,7 @@ class Call:
     has_bias: bool
     has_mask: bool
     training: bool = True  # cuDNN needs even lengths when a bias gets a gradient
+    multi_device: bool = False  # under a mesh of > 1 device: Pallas kernels are not auto-partitioned
 
 
 def supports(backend: str, call: Call) -> bool:
@@ -62,7 +63,9 @@ def supports(backend: str, call: Call) -> bool:
             and call.head_dim <= 128
             and (even or not (call.training and (call.has_bias or call.has_mask)))
         )
-    tiled = call.q_len % _TPU_BLOCK == 0 and call.k_len % _TPU_BLOCK == 0
+    # The Pallas TPU kernels have no partitioning rule, so under a multi-device mesh they would need a
+    # shard_map with the model's batch/head specs, which this layer does not know; fall back there.
+    tiled = call.q_len % _TPU_BLOCK == 0 and call.k_len % _TPU_BLOCK == 0 and not call.multi_device
     if backend == "flash":
         return call.platform == "tpu" and tiled
     if backend == "splash":
@@ -105,11 +108,20 @@ def xla_attention(q, k, v, bias=None, mask=None, scale=None, is_causal=False) ->
 
 
 def cudnn_attention(q, k, v, bias=None, mask=None, scale=None, is_causal=False) -> Array:
-    """cuDNN flash attention; a boolean mask is folded into a full-size bias (cuDNN takes no dense mask)."""
-    b, t, h, _ = q.shape
-    if bias is not None or mask is not None:
-        bias = _bias_with_mask(bias, mask, (b, h, t, k.shape[1]), q.dtype)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=is_causal, implementation="cudnn")
+    """cuDNN flash attention. cuDNN needs bias/mask with full (q, k) trailing dims, so both are broadcast
+    there; JAX folds the boolean mask into the bias with cuDNN's own large negative (its workaround for a
+    cuDNN bug with two very large negatives), so our finfo-based mask_value is not used on this path."""
+    t, s = q.shape[1], k.shape[1]
+
+    def full(x: Array) -> Array:
+        x = _as_4d(x)
+        return jnp.broadcast_to(x, x.shape[:2] + (t, s))
+
+    bias = None if bias is None else full(jnp.asarray(bias)).astype(q.dtype)
+    mask = None if mask is None else full(jnp.asarray(mask, bool))
+    return jax.nn.dot_product_attention(
+        q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal, implementation="cudnn"
+    )
 
 
 def flash_attention(q, k, v, bias=None, mask=None, scale=None, is_causal=False) -> Array:
