@@ -108,9 +108,14 @@ def load_config(path: str | os.PathLike) -> ConfigBase:
         raise UserError(f"config file {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"config file {path} is not valid JSON: {e}") from None
+    return load_config_dict(values, str(path))
+
+
+def load_config_dict(values: dict[str, Any], where: str = "config") -> ConfigBase:
+    """Any family's config from a dict with a `family` key."""
     family = values.get("family")
     if family not in _FAMILIES:
-        raise UserError(f"config file {path} names family {family!r}; known: {', '.join(sorted(_FAMILIES))}")
+        raise UserError(f"{where} names family {family!r}; known: {', '.join(sorted(_FAMILIES))}")
     return _FAMILIES[family].from_dict(values)
 
 

@@ -57,6 +57,7 @@ def load_hf(folder: str | os.PathLike, dtype: str | None = None) -> tuple[Config
     if left:
         raise UserError(f"{folder}: {len(left)} tensor(s) were not used, e.g. {', '.join(left[:5])}; "
                         "is this the model type its config says?")
+    cfg, params = _restore_exact(folder, hf_config, cfg, params)
     target = jnp.dtype(dtype or getattr(cfg, "param_dtype", "float32"))
     params = _to_arrays(params, target)
     if getattr(cfg, "scan_layers", False):
@@ -64,6 +65,29 @@ def load_hf(folder: str | os.PathLike, dtype: str | None = None) -> tuple[Config
 
         params = stack_layers(params)
     return cfg, params
+
+
+def _restore_exact(folder: Path, hf_config: dict, cfg: ConfigBase, params: dict) -> tuple[ConfigBase, dict]:
+    """Undo what an export to HF had to approximate, when the folder was written by `save_hf`: our config
+    (with the switches HF has no field for) and the unfolded LM head."""
+    from t5pegasus.config import load_config_dict
+    from t5pegasus.convert.hf_export import EXACT_SIDECAR, OUR_CONFIG_KEY
+
+    ours = hf_config.get(OUR_CONFIG_KEY)
+    if not isinstance(ours, dict) or ours.get("family") != cfg.family:
+        return cfg, params
+    exact_cfg = load_config_dict(ours, str(folder / "config.json"))
+    sidecar = folder / EXACT_SIDECAR
+    if sidecar.exists() and exact_cfg.family == "t5":
+        from safetensors.numpy import load_file
+
+        head = load_file(str(sidecar))["lm_head"]
+        params = dict(params)
+        decoder = {k: v for k, v in params["decoder"].items() if k != "lm_head"}
+        if not exact_cfg.tie_word_embeddings:
+            decoder["lm_head"] = {"kernel": head}
+        params["decoder"] = decoder
+    return exact_cfg, params
 
 
 def _to_arrays(tree: Any, dtype: jnp.dtype) -> Any:

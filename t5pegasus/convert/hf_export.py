@@ -36,8 +36,21 @@ def _t5_exporter() -> tuple[Callable, Callable]:
     return t5_hf.config_to_hf, t5_hf.params_to_hf
 
 
+def _bert_exporter() -> tuple[Callable, Callable]:
+    from t5pegasus.convert import bert_hf
+
+    return bert_hf.config_to_hf, bert_hf.params_to_hf
+
+
+def _gpt_exporter() -> tuple[Callable, Callable]:
+    from t5pegasus.convert import gpt2_hf
+
+    return gpt2_hf.config_to_hf, gpt2_hf.params_to_hf
+
+
 # config family -> loader of (config_to_hf, params_to_hf). Other families register here.
-EXPORTERS: dict[str, Callable[[], tuple[Callable, Callable]]] = {"t5": _t5_exporter}
+EXPORTERS: dict[str, Callable[[], tuple[Callable, Callable]]] = {"t5": _t5_exporter, "bert": _bert_exporter,
+                                                                 "gpt": _gpt_exporter}
 
 
 def cross_attention_bias_effect(cfg: T5Config, params: Any, seed: int = 0) -> float:
@@ -81,8 +94,11 @@ def save_hf(cfg: ConfigBase, params: Any, folder: str | os.PathLike, *, allow_lo
                f"{cross_attention_bias_effect(cfg, params):.4g} on a probe batch")
     config_to_hf, params_to_hf = EXPORTERS[cfg.family]()
     hf_config = config_to_hf(cfg)
+    raw = params_to_hf(cfg, params)
+    if cfg.family == "bert":
+        _bert_pretraining_head(cfg, hf_config, raw)
     tensors = {k: np.ascontiguousarray(v.astype(np.dtype(dtype) if dtype != "bfloat16" else np.float32))
-               for k, v in params_to_hf(cfg, params).items()}
+               for k, v in raw.items()}
     if dtype == "bfloat16":
         import ml_dtypes
 
@@ -104,5 +120,28 @@ def save_hf(cfg: ConfigBase, params: Any, folder: str | os.PathLike, *, allow_lo
         if exact:
             save_file(exact, str(tmp / EXACT_SIDECAR))
         for name, source in (extra_files or {}).items():
+            if not Path(source).is_file():
+                raise UserError(f"{source} (to be saved as {name}) is not a file")
             shutil.copyfile(source, tmp / name)
+        if "vocab.txt" in (extra_files or {}) and "tokenizer_config.json" not in (extra_files or {}):
+            (tmp / "tokenizer_config.json").write_text(json.dumps(_wordpiece_tokenizer_config(cfg), indent=2) + "\n")
     return folder
+
+
+def _bert_pretraining_head(cfg: Any, hf_config: dict[str, Any], tensors: dict[str, np.ndarray]) -> None:
+    """A BERT with both pooler and MLM head (UniLM, bert4keras checkpoints) fits HF's BertForPreTraining, whose
+    next-sentence head we do not have: it is written as zeros (a 50/50 prediction), so every HF key is present."""
+    if not (cfg.with_pooler and cfg.with_mlm):
+        return
+    hf_config["architectures"] = ["BertForPreTraining"]
+    tensors["cls.seq_relationship.weight"] = np.zeros((2, cfg.hidden_size), np.float32)
+    tensors["cls.seq_relationship.bias"] = np.zeros((2,), np.float32)
+
+
+def _wordpiece_tokenizer_config(cfg: Any) -> dict[str, Any]:
+    """HF `BertTokenizer` settings for a WordPiece vocab.txt (T5 PEGASUS, BERT): lower-cased, the usual special
+    tokens. T5 PEGASUS cuts words with jieba first; HF's BertTokenizer does not, so it splits Chinese into
+    characters (ids stay valid, sequences are longer)."""
+    return {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "tokenize_chinese_chars": True,
+            "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+            "mask_token": "[MASK]", "model_max_length": int(getattr(cfg, "max_position_embeddings", 512))}

@@ -119,3 +119,83 @@ def params_from_hf(cfg: T5Config, tensors: TensorSource) -> dict[str, Any]:
         if tensors.has(tied) and tied not in tensors.used:
             tensors.used.add(tied)
     return {"shared": {"embedding": shared}, "encoder": encoder, "decoder": decoder}
+
+
+# Our feed-forward kind -> HF feed_forward_proj. "gated-gelu" in HF is the tanh form; "gelu_python" is erf.
+_TO_HF_PROJ = {"relu": "relu", "gated-relu": "gated-relu", "gated-gelu": "gated-gelu",
+               "gated-gelu-erf": "gated-gelu_python", "gated-silu": "gated-silu"}
+
+
+def hf_model_type(cfg: T5Config) -> str:
+    """"t5" when HF's T5 reproduces the head exactly (tied and scaled), otherwise "mt5" (untied, unscaled:
+    a logit scale is folded into the exported head)."""
+    return "t5" if cfg.tie_word_embeddings and cfg.logits_scaled else "mt5"
+
+
+def config_to_hf(cfg: T5Config) -> dict[str, Any]:
+    """A HF T5/MT5 config.json dict for `cfg` (the cross-attention bias has no HF field: see save_hf)."""
+    model_type = hf_model_type(cfg)
+    out = {
+        "model_type": model_type,
+        "architectures": ["T5ForConditionalGeneration" if model_type == "t5" else "MT5ForConditionalGeneration"],
+        "vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "d_kv": cfg.d_kv, "d_ff": cfg.d_ff,
+        "num_layers": cfg.num_encoder_layers, "num_decoder_layers": cfg.num_decoder_layers,
+        "num_heads": cfg.num_heads, "relative_attention_num_buckets": cfg.relative_buckets,
+        "relative_attention_max_distance": cfg.relative_max_distance, "dropout_rate": cfg.dropout_rate,
+        "layer_norm_epsilon": cfg.layer_norm_epsilon, "initializer_factor": cfg.initializer_factor,
+        "feed_forward_proj": _TO_HF_PROJ[cfg.feed_forward], "is_encoder_decoder": True,
+        "tie_word_embeddings": model_type == "t5", "pad_token_id": cfg.pad_token_id,
+        "eos_token_id": cfg.eos_token_id, "decoder_start_token_id": cfg.decoder_start_token_id,
+        "torch_dtype": "float32",
+    }
+    if model_type == "t5":
+        out["scale_decoder_outputs"] = True
+    return out
+
+
+def params_to_hf(cfg: T5Config, params: dict[str, Any]) -> dict[str, np.ndarray]:
+    """HF T5/MT5 tensors ([out, in] torch layout) from our unscanned, unboxed params."""
+    d, h, kv = cfg.d_model, cfg.num_heads, cfg.d_kv
+    out: dict[str, np.ndarray] = {}
+
+    def arr(x: Any) -> np.ndarray:
+        return np.asarray(x, dtype=np.float32)
+
+    def attn(prefix: str, p: dict[str, Any]) -> None:
+        for ours, theirs in (("query", "q"), ("key", "k"), ("value", "v")):
+            out[f"{prefix}.{theirs}.weight"] = arr(p[ours]["kernel"]).reshape(d, h * kv).T
+        out[f"{prefix}.o.weight"] = arr(p["out"]["kernel"]).reshape(h * kv, d).T
+
+    def mlp(prefix: str, p: dict[str, Any]) -> None:
+        for name, sub in p.items():
+            out[f"{prefix}.{name}.weight"] = arr(sub["kernel"]).T
+
+    enc, dec = params["encoder"], params["decoder"]
+    out["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = arr(
+        enc["relpos_bias"]["rel_embedding"])
+    out["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = arr(
+        dec["relpos_bias"]["rel_embedding"])
+    for i in range(cfg.num_encoder_layers):
+        p, lp = f"encoder.block.{i}.layer", enc[f"layers_{i}"]
+        out[f"{p}.0.layer_norm.weight"] = arr(lp["attention_norm"]["scale"])
+        attn(f"{p}.0.SelfAttention", lp["attention"])
+        out[f"{p}.1.layer_norm.weight"] = arr(lp["mlp_norm"]["scale"])
+        mlp(f"{p}.1.DenseReluDense", lp["mlp"])
+    for i in range(cfg.num_decoder_layers):
+        p, lp = f"decoder.block.{i}.layer", dec[f"layers_{i}"]
+        out[f"{p}.0.layer_norm.weight"] = arr(lp["self_attention_norm"]["scale"])
+        attn(f"{p}.0.SelfAttention", lp["self_attention"])
+        out[f"{p}.1.layer_norm.weight"] = arr(lp["cross_attention_norm"]["scale"])
+        attn(f"{p}.1.EncDecAttention", lp["cross_attention"])
+        out[f"{p}.2.layer_norm.weight"] = arr(lp["mlp_norm"]["scale"])
+        mlp(f"{p}.2.DenseReluDense", lp["mlp"])
+    out["encoder.final_layer_norm.weight"] = arr(enc["final_norm"]["scale"])
+    out["decoder.final_layer_norm.weight"] = arr(dec["final_norm"]["scale"])
+    shared = arr(params["shared"]["embedding"])
+    out["shared.weight"] = shared
+    if hf_model_type(cfg) == "mt5":
+        head = shared.T if cfg.tie_word_embeddings else arr(dec["lm_head"]["kernel"])
+        if cfg.logits_scaled:  # fold the d_model**-0.5 output scale into the (linear, bias-free) head
+            head = head * np.float32(cfg.d_model**-0.5)
+        out["lm_head.weight"] = np.ascontiguousarray(head.T)
+    return out
