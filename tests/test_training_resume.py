@@ -1,0 +1,126 @@
+"""Exact resume: a run killed with SIGKILL at a random step and rerun ends with the same parameters as an
+uninterrupted run; SIGTERM saves and stops; checkpoints restore on another device count; a resume with a
+different config is a clear error."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from t5pegasus.errors import UserError
+from t5pegasus.pretrain.corpora import iter_peoples_daily_documents
+from t5pegasus.training import mesh as meshlib
+from t5pegasus.training import runconfig
+from t5pegasus.training.checkpoint import Checkpointer
+from t5pegasus.training.loop import train
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    docs = [doc for _, doc in zip(range(40), iter_peoples_daily_documents(), strict=False)]
+    (d / "docs.txt").write_text("\n\n".join(docs), encoding="utf-8")
+    return d
+
+
+def overrides(corpus, out, name="run", **extra):
+    values = {
+        "name": name, "output_dir": str(out), "model.preset": "tiny", "model.d_model": 32, "model.d_ff": 64,
+        "model.num_heads": 2, "model.d_kv": 8, "model.num_encoder_layers": 1, "model.num_decoder_layers": 1,
+        "data.corpus": str(corpus / "docs.txt"), "data.vocab_size": 600, "data.max_source_len": 48,
+        "data.max_target_len": 16, "data.batch_size": 8, "data.eval_every_nth": 10,
+        "data.cache_dir": str(corpus / "cache"), "train.steps": STEPS, "train.log_every": 1,
+        "checkpoint.every": 2, "eval.every": 4, "eval.batches": 1, "log.tensorboard": False, "log.peak_flops": 1e9,
+        "optim.learning_rate": 3e-3, "optim.points": "{2: 1.0}", "optim.ema": 0.9, "mesh.rules": "fsdp",
+        "mesh.data": 2, "mesh.fsdp": -1,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def final_params(run_dir, step):
+    import orbax.checkpoint as ocp
+
+    with ocp.PyTreeCheckpointer() as c:
+        tree = c.restore(run_dir / "checkpoints" / str(step) / "state")
+    return {"params": tree["params"], "ema": tree["ema"], "opt": tree["opt_state"], "step": tree["step"]}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    result = train(runconfig.load(None, overrides(corpus, out, name="straight")))
+    assert result.final_step == STEPS and result.last_eval is not None
+    lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [x for x in lines if x["kind"] == "train"]
+    assert len(train_lines) == STEPS and {"loss", "accuracy", "learning_rate", "grad_norm"} <= set(train_lines[-1])
+    assert {"tokens_per_s", "step_time", "mfu"} <= set(train_lines[-1])
+    return result, final_params(result.run_dir, STEPS)
+
+
+def test_sigkill_at_random_step_then_rerun_matches(corpus, tmp_path, uninterrupted):
+    _, want = uninterrupted
+    args = [sys.executable, "-m", "t5pegasus.cli", "pretrain", *overrides(corpus, tmp_path, name="killed")]
+    kill_after = random.Random(os.getpid()).randint(3, STEPS - 2)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and sum(1 for x in metrics.read_text().splitlines() if '"train"' in x) >= kill_after:
+            proc.kill()  # SIGKILL: no handler runs, an async save may be half written
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -9, proc.stderr.read().decode()[-2000:]
+    result = train(runconfig.load(None, overrides(corpus, tmp_path, name="killed")))
+    assert 0 < result.start_step <= kill_after and result.final_step == STEPS
+    got = final_params(tmp_path / "killed", STEPS)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_with_other_settings_is_an_error(corpus, uninterrupted):
+    result, _ = uninterrupted
+    out = result.run_dir.parent
+    with pytest.raises(UserError, match="optim.learning_rate"):
+        train(runconfig.load(None, overrides(corpus, out, name="straight", **{"optim.learning_rate": 1e-2})))
+    # resumable settings may change: training longer continues from the last checkpoint
+    more = train(runconfig.load(None, overrides(corpus, out, name="straight", **{"train.steps": STEPS + 2})))
+    assert more.start_step == STEPS and more.final_step == STEPS + 2
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+def test_checkpoint_from_8_devices_restores_on_fewer(uninterrupted, devices):
+    from t5pegasus.config import T5Config
+    from t5pegasus.training.objectives import make_objective
+    from t5pegasus.training.optim import make_optimizer
+    from t5pegasus.training.state import state_shardings
+
+    result, want = uninterrupted
+    run_dir = result.run_dir
+    model_cfg = T5Config.load(run_dir / "model_config.json")
+    saved = runconfig.from_dict(__import__("yaml").safe_load((run_dir / "config.yaml").read_text()))
+    obj = make_objective("seq2seq", model_cfg)
+    tx, _ = make_optimizer(saved.optim, saved.train.steps)
+    dummy = obj.dummy_batch(1, {"source": 48, "target": 16})
+    mesh = meshlib.make_mesh(-1, 1, 1, devices=jax.devices()[:devices])
+    rules = meshlib.rules_for("fsdp")
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        abstract, shardings = state_shardings(lambda k: obj.init(k, dummy), tx, saved.optim.ema, mesh, rules)
+        ckpt = Checkpointer(run_dir / "checkpoints")
+        state, position = ckpt.restore(STEPS, abstract, shardings)
+        ckpt.close()
+    leaf = state.params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+    assert len(leaf.sharding.device_set) == devices
+    np.testing.assert_array_equal(np.asarray(state.params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]),
+                                  want["params"]["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"])
+    assert int(state.step) == STEPS and isinstance(position, dict)
