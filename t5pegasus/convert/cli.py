@@ -1,0 +1,115 @@
+"""`t5pegasus convert SRC DST`: between a training run, HF transformers, TF checkpoints and Megatron shards.
+
+Formats are detected from SRC (and default to `hf` for DST) unless given with --from / --to. DST is written
+atomically and never replaces an existing path without --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from t5pegasus.errors import UserError
+
+FORMATS = ("run", "hf", "tf", "megatron")
+TOKENIZER_FILES = {".txt": "vocab.txt", ".model": "spiece.model"}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="a training run folder, HF model folder, TF checkpoint or Megatron checkpoint")
+    parser.add_argument("dst", help="the folder to write")
+    parser.add_argument("--from", dest="src_format", choices=FORMATS, help="format of SRC (default: detected)")
+    parser.add_argument("--to", dest="dst_format", choices=FORMATS[1:], default="hf", help="format of DST (hf)")
+    parser.add_argument("--ema", action="store_true", help="export the run's averaged (EMA) weights")
+    parser.add_argument("--step", type=int, help="checkpoint step of a run (default: the latest)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="dtype of the written weights (float32)")
+    parser.add_argument("--allow-lossy", action="store_true",
+                        help="export even what the format cannot express exactly (T5 PEGASUS cross-attention "
+                             "bias to HF); the logit difference is printed")
+    parser.add_argument("--force", action="store_true", help="replace DST if it exists")
+    parser.add_argument("--tokenizer", help="tokenizer file to ship with an HF export (vocab.txt or *.model); "
+                                            "a run's own tokenizer is shipped by default")
+    parser.add_argument("--num-heads", type=int, help="attention heads (Megatron shards do not record it)")
+    parser.add_argument("--shards", type=int, default=1, help="model-parallel ranks of a Megatron export (1)")
+    parser.add_argument("--t5-norm-name", choices=("layer_norm", "rms_norm"), default="layer_norm",
+                        help="norm variable name of a mesh-TF T5 export (the T5 PEGASUS release uses layer_norm)")
+
+
+def detect(path: Path) -> str:
+    """The format of an existing source path, or a UserError saying what was expected."""
+    from t5pegasus.convert.run import is_run_dir
+
+    if not path.exists() and not Path(f"{path}.index").exists():
+        raise UserError(f"{path} does not exist")
+    if is_run_dir(path):
+        return "run"
+    if (path / "config.json").is_file():
+        return "hf"
+    if Path(f"{path}.index").exists() or (path / "checkpoint").is_file() or any(path.glob("*.index")):
+        return "tf"
+    if (path / "latest_checkpointed_iteration.txt").exists() or any(path.glob("**/mp_rank_*_model_states.pt")):
+        return "megatron"
+    raise UserError(f"cannot tell the format of {path}; give it with --from ({', '.join(FORMATS)})")
+
+
+def _tokenizer_files(args: argparse.Namespace, src: Path, src_format: str) -> dict[str, Path]:
+    path = args.tokenizer
+    if path is None and src_format == "run" and (src / "tokenizer.txt").is_file():
+        path = (src / "tokenizer.txt").read_text(encoding="utf-8").strip() or None
+    if path is None:
+        return {}
+    path = Path(path)
+    name = TOKENIZER_FILES.get(path.suffix)
+    if name is None or not path.is_file():
+        if args.tokenizer is None:
+            return {}  # a run whose tokenizer is not a single vocab/model file: nothing to ship
+        raise UserError(f"--tokenizer {path}: expected an existing vocab.txt or sentencepiece .model file")
+    return {name: path}
+
+
+def _read(args: argparse.Namespace, src: Path, src_format: str) -> tuple[Any, Any]:
+    if args.ema and src_format != "run":
+        raise UserError("--ema needs a training run as SRC (other formats hold one set of weights)")
+    if src_format == "run":
+        from t5pegasus.convert.run import load_run
+
+        return load_run(src, step=args.step, ema=args.ema)
+    if src_format == "hf":
+        from t5pegasus.convert.hf import load_hf
+
+        return load_hf(src)
+    if src_format == "megatron":
+        from t5pegasus.convert.megatron import load_megatron
+
+        return load_megatron(src, num_heads=args.num_heads)
+    from t5pegasus.convert.tf_checkpoint import load_tf
+
+    return load_tf(src)
+
+
+def run(args: argparse.Namespace) -> int:
+    src, dst = Path(args.src), Path(args.dst)
+    src_format = args.src_format or detect(src)
+    if src_format == args.dst_format and src_format != "megatron":
+        raise UserError(f"SRC and DST are both {src_format}; nothing to convert")
+    if dst.exists() and not args.force:
+        raise UserError(f"{dst} exists; choose another destination or pass --force to replace it")
+    extra = _tokenizer_files(args, src, src_format) if args.dst_format == "hf" else {}
+    cfg, params = _read(args, src, src_format)
+    if args.dst_format == "hf":
+        from t5pegasus.convert.hf_export import save_hf
+
+        save_hf(cfg, params, dst, allow_lossy=args.allow_lossy, overwrite=args.force, dtype=args.dtype,
+                extra_files=extra)
+    elif args.dst_format == "megatron":
+        from t5pegasus.convert.megatron import save_megatron
+
+        save_megatron(cfg, params, dst, ranks=args.shards, overwrite=args.force, dtype=args.dtype)
+    else:
+        from t5pegasus.convert.tf_checkpoint import save_tf
+
+        save_tf(cfg, params, dst, overwrite=args.force, dtype=args.dtype, t5_norm_name=args.t5_norm_name)
+    print(f"wrote {dst} ({args.dst_format}, {cfg.family} model{', EMA weights' if args.ema else ''})")
+    return 0
