@@ -1,0 +1,94 @@
+"""Decoding speed: new tokens/s for greedy and beam-4 at the t5-pegasus-small shape, ours vs HF transformers.
+
+Random weights (an HF MT5 of the t5-pegasus-small sizes, loaded into ours with `tp.convert.load_hf`, so both
+sides hold the same weights), batch 8, source 256, exactly 64 new tokens (min = max, so the end token cannot
+stop early), float32, same machine, same run. Ends with one JSON line.
+
+    python bench/generate.py [--batch 8] [--source 256] [--new 64] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import jax
+import numpy as np
+import torch
+import transformers
+
+import t5pegasus as tp
+
+SHAPE = dict(vocab_size=50000, d_model=512, d_ff=1024, num_heads=6, d_kv=64, num_layers=8, num_decoder_layers=8,
+             relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+             tie_word_embeddings=False, dropout_rate=0.0, pad_token_id=0, eos_token_id=102,
+             decoder_start_token_id=101)
+
+
+def hf_model(folder: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = transformers.MT5ForConditionalGeneration(transformers.MT5Config(**SHAPE)).eval()
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.05)
+    model.save_pretrained(folder)
+    return model
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--source", type=int, default=256)
+    parser.add_argument("--new", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        hf = hf_model(folder)
+        cfg, params = tp.convert.load_hf(folder)
+    src = np.random.default_rng(0).integers(200, SHAPE["vocab_size"], (args.batch, args.source)).astype(np.int32)
+    src_t = torch.tensor(src, dtype=torch.long)
+    model = tp.generate.T5Decoding(cfg)
+    n = args.new
+    ours, reference, tokens_match = {}, {}, {}
+    for name, beams in (("greedy", 1), ("beam4", 4)):
+        settings = tp.generate.Settings(max_new_tokens=n, min_new_tokens=n, num_beams=beams)
+        run = lambda s=settings: jax.block_until_ready(tp.generate.generate(model, params, {"source_ids": src}, s))
+        out = run()  # compile
+        assert (np.asarray(out.lengths) == n).all()
+        ours[name] = args.batch * n / best_time(run, args.repeats)
+        hf_kw = dict(max_new_tokens=n, min_new_tokens=n, num_beams=beams, do_sample=False, early_stopping=beams > 1)
+        with torch.inference_mode():
+            ref = hf.generate(input_ids=src_t, attention_mask=src_t != 0, **hf_kw)
+            reference[name] = args.batch * n / best_time(
+                lambda kw=hf_kw: hf.generate(input_ids=src_t, attention_mask=src_t != 0, **kw),
+                max(1, args.repeats - 1))
+        tokens_match[name] = float((ref.numpy()[:, 1:] == np.asarray(out.tokens)[:, 0]).mean())
+        print(f"{name}: ours {ours[name]:.1f} new tokens/s, HF {reference[name]:.1f}, "
+              f"ratio {ours[name] / reference[name]:.2f}, same tokens {tokens_match[name]:.3f}", flush=True)
+    device = jax.devices()[0]
+    print(json.dumps({
+        "bench": "generate", "unit": "new tokens/s",
+        "ours": {k: round(v, 1) for k, v in ours.items()},
+        "reference": {k: round(v, 1) for k, v in reference.items()},
+        "ratio": {k: round(ours[k] / reference[k], 2) for k in ours},
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, jax {jax.__version__} on {device.platform} "
+                   f"({device.device_kind}), torch {torch.__version__} with {torch.get_num_threads()} threads",
+        "config": {"shape": "t5-pegasus-small (HF mT5-compatible: no cross-attention bias)", "batch": args.batch,
+                   "source": args.source, "new_tokens": n, "dtype": "float32", "reference": "transformers "
+                   f"{transformers.__version__} generate", "fraction_same_tokens": tokens_match},
+    }))
+
+
+if __name__ == "__main__":
+    main()
