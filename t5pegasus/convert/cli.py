@@ -1,4 +1,4 @@
-"""`t5pegasus convert SRC DST`: between a training run, HF transformers, TF checkpoints and Megatron shards.
+"""`t5pegasus convert SRC DST`: between a training run, HF transformers and Megatron shards.
 
 Formats are detected from SRC (and default to `hf` for DST) unless given with --from / --to. DST is written
 atomically and never replaces an existing path without --force.
@@ -12,12 +12,12 @@ from typing import Any
 
 from t5pegasus.errors import UserError
 
-FORMATS = ("run", "hf", "tf", "megatron")
+FORMATS = ("run", "hf", "megatron")
 TOKENIZER_FILES = {".txt": "vocab.txt", ".model": "spiece.model"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="a training run folder, HF model folder, TF checkpoint or Megatron checkpoint")
+    parser.add_argument("src", help="a training run folder, HF model folder or Megatron checkpoint")
     parser.add_argument("dst", help="the folder to write")
     parser.add_argument("--from", dest="src_format", choices=FORMATS, help="format of SRC (default: detected)")
     parser.add_argument("--to", dest="dst_format", choices=FORMATS[1:], default="hf", help="format of DST (hf)")
@@ -33,22 +33,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                             "a run's own tokenizer is shipped by default")
     parser.add_argument("--num-heads", type=int, help="attention heads (Megatron shards do not record it)")
     parser.add_argument("--shards", type=int, default=1, help="model-parallel ranks of a Megatron export (1)")
-    parser.add_argument("--t5-norm-name", choices=("layer_norm", "rms_norm"), default="layer_norm",
-                        help="norm variable name of a mesh-TF T5 export (the T5 PEGASUS release uses layer_norm)")
 
 
 def detect(path: Path) -> str:
     """The format of an existing source path, or a UserError saying what was expected."""
     from t5pegasus.convert.run import is_run_dir
 
-    if not path.exists() and not Path(f"{path}.index").exists():
+    if not path.exists():
         raise UserError(f"{path} does not exist")
     if is_run_dir(path):
         return "run"
     if (path / "config.json").is_file():
         return "hf"
-    if Path(f"{path}.index").exists() or (path / "checkpoint").is_file() or any(path.glob("*.index")):
-        return "tf"
     if (path / "latest_checkpointed_iteration.txt").exists() or any(path.glob("**/mp_rank_*_model_states.pt")):
         return "megatron"
     raise UserError(f"cannot tell the format of {path}; give it with --from ({', '.join(FORMATS)})")
@@ -80,13 +76,9 @@ def _read(args: argparse.Namespace, src: Path, src_format: str) -> tuple[Any, An
         from t5pegasus.convert.hf import load_hf
 
         return load_hf(src)
-    if src_format == "megatron":
-        from t5pegasus.convert.megatron import load_megatron
+    from t5pegasus.convert.megatron import load_megatron
 
-        return load_megatron(src, num_heads=args.num_heads)
-    from t5pegasus.convert.tf_checkpoint import load_tf
-
-    return load_tf(src)
+    return load_megatron(src, num_heads=args.num_heads)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,13 +95,9 @@ def run(args: argparse.Namespace) -> int:
 
         save_hf(cfg, params, dst, allow_lossy=args.allow_lossy, overwrite=args.force, dtype=args.dtype,
                 extra_files=extra)
-    elif args.dst_format == "megatron":
+    else:
         from t5pegasus.convert.megatron import save_megatron
 
         save_megatron(cfg, params, dst, ranks=args.shards, overwrite=args.force, dtype=args.dtype)
-    else:
-        from t5pegasus.convert.tf_checkpoint import save_tf
-
-        save_tf(cfg, params, dst, overwrite=args.force, dtype=args.dtype, t5_norm_name=args.t5_norm_name)
     print(f"wrote {dst} ({args.dst_format}, {cfg.family} model{', EMA weights' if args.ema else ''})")
     return 0
