@@ -1,0 +1,90 @@
+"""Run configs (presets, overrides, clear errors), the pretrain CLI's user errors, and the GPT-LM / UniLM
+objectives plugged into the same train step."""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from t5pegasus.cli import main
+from t5pegasus.config import BertConfig, GPTConfig
+from t5pegasus.errors import UserError
+from t5pegasus.training import runconfig
+from t5pegasus.training.objectives import make_objective
+from t5pegasus.training.optim import OptimConfig, make_optimizer
+from t5pegasus.training.state import TrainState
+from t5pegasus.training.step import make_train_step
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_and_overrides():
+    cfg = runconfig.load(None, ["optim.learning_rate=2e-4", "model.d_model=128", "optim.points={10000: 1}",
+                                "mesh.rules=fsdp", "train.steps=7"])
+    assert cfg.optim.learning_rate == 2e-4 and cfg.optim.points == {10000: 1.0} and cfg.train.steps == 7
+    assert cfg.model_config(vocab_size=256).d_model == 128 and cfg.mesh.rules == "fsdp"
+    assert runconfig.from_dict(runconfig.from_dict(cfg.to_dict()).to_dict()) == cfg  # round trip
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["optim.lerning_rate=1"], "did you mean learning_rate"),
+    (["trian.steps=3"], "did you mean train"),
+    (["train.steps=abc"], "train.steps"),
+    (["steps"], "key=value"),
+    (["data.batch_size=6", "optim.accumulate=4"], "divisible"),
+])
+def test_bad_overrides_are_clear_errors(bad, message):
+    with pytest.raises(UserError, match=message):
+        runconfig.load(None, bad)
+
+
+def test_cli_user_errors_are_one_line(capsys):
+    assert main(["pretrain", "optim.lerning_rate=1"]) == 2
+    assert main(["pretrain", "--config", "no-such-preset"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 2
+    assert main(["pretrain", "--print-config", "train.steps=3"]) == 0
+    assert "steps: 3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")))
+def test_repo_presets_are_valid(path):
+    cfg = runconfig.load(str(path))
+    model = cfg.model_config(vocab_size=1024)
+    make_objective(cfg.objective.kind, model)
+
+
+def test_resume_mismatch_lists_keys():
+    a = runconfig.load(None).to_dict()
+    b = runconfig.load(None, ["optim.learning_rate=1e-5", "train.steps=9", "mesh.rules=fsdp"]).to_dict()
+    assert runconfig.resume_mismatches(a, b) == ["optim.learning_rate: 0.001 -> 1e-05"]
+
+
+@pytest.mark.parametrize("kind", ["lm", "unilm"])
+def test_lm_and_unilm_objectives_train(kind):
+    if kind == "lm":
+        cfg = GPTConfig.preset("tiny", dropout_rate=0.0)
+    else:
+        cfg = BertConfig.preset("tiny", attention="unilm", dropout_rate=0.0)
+    obj = make_objective(kind, cfg)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 128, (4, 16)).astype(np.int32)
+    batch = {"ids": ids, "targets": np.roll(ids, -1, 1), "weights": np.ones_like(ids)}
+    if kind == "unilm":
+        seg = np.zeros_like(ids)
+        seg[:, 8:] = 1
+        batch.update(segment_ids=seg, weights=np.roll(seg, -1, 1) * (np.arange(16) < 15))
+    params = jax.tree.map(np.asarray, __import__("t5pegasus").models.unbox(obj.init(jax.random.PRNGKey(0), batch)))
+    tx, schedule = make_optimizer(OptimConfig(learning_rate=1e-2, schedule="constant"))
+    state = TrainState(step=np.int32(0), params=params, opt_state=tx.init(params), ema=None,
+                       rng=jax.random.PRNGKey(1), bad_in_a_row=np.int32(0), skipped=np.int32(0))
+    step = jax.jit(make_train_step(obj, tx, schedule))
+    losses = []
+    for _ in range(5):
+        state, m = step(state, batch)
+        losses.append(float(m["loss"]))
+    assert np.isfinite(losses).all() and losses[-1] < losses[0] - 0.2
+    assert float(m["tokens"]) == float(np.sum(batch["weights"]))
+    with pytest.raises(UserError, match="t5"):
+        make_objective("seq2seq", cfg)
