@@ -103,7 +103,7 @@ def shuffle_file(
     if memory < 2 * OVERHEAD:
         raise UserError(f"memory budget {memory} bytes is too small; give at least {2 * OVERHEAD >> 20}M")
     size = src.stat().st_size
-    per_bucket = (memory - OVERHEAD) / 2.5  # bucket bytes + per-line offsets, permutation, buffers
+    per_bucket = (memory - OVERHEAD) / 3.0  # bucket bytes + per-line offsets, permutation, buffers
     n_buckets = max(1, math.ceil(size / per_bucket))
     if n_buckets > 60000:
         raise UserError("the memory budget is too small for this file; raise --memory")
