@@ -1,13 +1,14 @@
-"""Checkpoint converters: HF transformers (PyTorch / safetensors) both ways; TF and Megatron in their modules.
+"""Checkpoint converters: HF transformers (PyTorch / safetensors) and TF checkpoints both ways; Megatron in its module.
 
-`load_hf` and `save_hf` are imported on first use, so `t5pegasus --help` does not load JAX.
+`load_hf`, `save_hf`, `load_tf` and `save_tf` are imported on first use, so `t5pegasus --help` loads neither JAX
+nor TensorFlow.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["load_hf", "save_hf"]
+__all__ = ["load_hf", "load_tf", "save_hf", "save_tf"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +20,8 @@ def __getattr__(name: str) -> Any:
         from t5pegasus.convert.hf_export import save_hf
 
         return save_hf
+    if name in ("load_tf", "save_tf"):
+        from t5pegasus.convert import tf
+
+        return getattr(tf, name)
     raise AttributeError(f"module 't5pegasus.convert' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""`t5pegasus convert SRC DST`: between a training run, HF transformers and Megatron shards.
+"""`t5pegasus convert SRC DST`: between a training run, HF transformers, TF checkpoints and Megatron shards.
 
 Formats are detected from SRC (and default to `hf` for DST) unless given with --from / --to. DST is written
 atomically and never replaces an existing path without --force.
@@ -12,12 +12,12 @@ from typing import Any
 
 from t5pegasus.errors import UserError
 
-FORMATS = ("run", "hf", "megatron")
+FORMATS = ("run", "hf", "tf", "megatron")
 TOKENIZER_FILES = {".txt": "vocab.txt", ".model": "spiece.model"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="a training run folder, HF model folder or Megatron checkpoint")
+    parser.add_argument("src", help="a training run folder, HF model folder, TF checkpoint or Megatron checkpoint")
     parser.add_argument("dst", help="the folder to write")
     parser.add_argument("--from", dest="src_format", choices=FORMATS, help="format of SRC (default: detected)")
     parser.add_argument("--to", dest="dst_format", choices=FORMATS[1:], default="hf", help="format of DST (hf)")
@@ -29,16 +29,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="export even what the format cannot express exactly (T5 PEGASUS cross-attention "
                              "bias to HF); the logit difference is printed")
     parser.add_argument("--force", action="store_true", help="replace DST if it exists")
-    parser.add_argument("--tokenizer", help="tokenizer file to ship with an HF export (vocab.txt or *.model); "
+    parser.add_argument("--tokenizer", help="tokenizer file to ship with an HF or TF export (vocab.txt or *.model); "
                                             "a run's own tokenizer is shipped by default")
     parser.add_argument("--num-heads", type=int, help="attention heads (Megatron shards do not record it)")
     parser.add_argument("--shards", type=int, default=1, help="model-parallel ranks of a Megatron export (1)")
+    parser.add_argument("--t5-norm", choices=("rms_norm", "layer_norm"),
+                        help="T5 norm spelling of a TF export (default: rms_norm when gated, as T5 1.1 / mT5 / "
+                             "T5 PEGASUS; layer_norm otherwise, as T5 1.0)")
 
 
 def detect(path: Path) -> str:
     """The format of an existing source path, or a UserError saying what was expected."""
     from t5pegasus.convert.run import is_run_dir
+    from t5pegasus.convert.tf_checkpoint import is_tf_checkpoint
 
+    if is_tf_checkpoint(path):  # before hf: the T5 PEGASUS release has a config.json beside its checkpoint
+        return "tf"
     if not path.exists():
         raise UserError(f"{path} does not exist")
     if is_run_dir(path):
@@ -76,6 +82,10 @@ def _read(args: argparse.Namespace, src: Path, src_format: str) -> tuple[Any, An
         from t5pegasus.convert.hf import load_hf
 
         return load_hf(src)
+    if src_format == "tf":
+        from t5pegasus.convert.tf import load_tf
+
+        return load_tf(src)
     from t5pegasus.convert.megatron import load_megatron
 
     return load_megatron(src, num_heads=args.num_heads)
@@ -88,13 +98,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"SRC and DST are both {src_format}; nothing to convert")
     if dst.exists() and not args.force:
         raise UserError(f"{dst} exists; choose another destination or pass --force to replace it")
-    extra = _tokenizer_files(args, src, src_format) if args.dst_format == "hf" else {}
+    extra = _tokenizer_files(args, src, src_format) if args.dst_format in ("hf", "tf") else {}
     cfg, params = _read(args, src, src_format)
     if args.dst_format == "hf":
         from t5pegasus.convert.hf_export import save_hf
 
         save_hf(cfg, params, dst, allow_lossy=args.allow_lossy, overwrite=args.force, dtype=args.dtype,
                 extra_files=extra)
+    elif args.dst_format == "tf":
+        from t5pegasus.convert.tf import save_tf
+
+        save_tf(cfg, params, dst, overwrite=args.force, dtype=args.dtype, t5_norm=args.t5_norm, extra_files=extra)
     else:
         from t5pegasus.convert.megatron import save_megatron
 

@@ -1,0 +1,143 @@
+"""(config, params) <-> a TF checkpoint folder in the original releases' names, for every family.
+
+T5 in mesh-TensorFlow names (t5_tf), BERT in Google's (bert_tf), GPT-2 in OpenAI's (gpt2_tf). A folder holds
+`checkpoint`, `model.ckpt.index`, `model.ckpt.data-00000-of-00001`, our exact config `t5pegasus_config.json`
+and the family's own config file (`bert_config.json`, `hparams.json`, the T5 PEGASUS `config.json`). Import
+reads our config when present, else the family's file (see each family module for what that assumes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from t5pegasus import fileio
+from t5pegasus.config import ConfigBase, load_config
+from t5pegasus.convert.checkpoint_files import TensorSource
+from t5pegasus.convert.name_map import Entry, from_foreign, names, to_foreign
+from t5pegasus.convert.tf_checkpoint import read_checkpoint, write_checkpoint
+from t5pegasus.errors import UserError
+
+OUR_CONFIG = "t5pegasus_config.json"
+_FAMILY_NAMES = {"t5": "T5 (mesh-TF)", "bert": "BERT (Google)", "gpt": "GPT-2 (OpenAI)"}
+
+
+def family_module(family: str) -> ModuleType:
+    """The name map module of a config family."""
+    if family == "t5":
+        from t5pegasus.convert import t5_tf as module
+    elif family == "bert":
+        from t5pegasus.convert import bert_tf as module
+    elif family == "gpt":
+        from t5pegasus.convert import gpt2_tf as module
+    else:
+        raise UserError(f"no TF checkpoint layout for the {family!r} family; known: {', '.join(_FAMILY_NAMES)}")
+    return module
+
+
+def tf_entries(cfg: ConfigBase, t5_norm: str | None = None) -> list[Entry]:
+    """The name map of `cfg` (`t5_norm`: "rms_norm" or "layer_norm" spelling of T5 norms)."""
+    module = family_module(cfg.family)
+    return module.entries(cfg, t5_norm) if cfg.family == "t5" else module.entries(cfg)
+
+
+def tf_names(cfg: ConfigBase, t5_norm: str | None = None) -> dict[str, tuple[int, ...]]:
+    """{TF name: shape} that `save_tf` writes for `cfg`."""
+    return names(tf_entries(cfg, t5_norm))
+
+
+def detect_family(tensors: dict[str, np.ndarray]) -> str | None:
+    """The family whose root tensor the checkpoint holds (None if none does)."""
+    for family in _FAMILY_NAMES:
+        if family_module(family).ROOT in tensors:
+            return family
+    return None
+
+
+def _check_family(cfg: ConfigBase, found: str | None, tensors: dict[str, np.ndarray], where: str) -> None:
+    if found == cfg.family:
+        return
+    root = tf_entries(cfg)[0]
+    held = (f"{_FAMILY_NAMES[found]} tensors such as {family_module(found).ROOT!r}" if found
+            else f"none of {', '.join(repr(family_module(f).ROOT) for f in _FAMILY_NAMES)} "
+                 f"(e.g. {', '.join(repr(n) for n in sorted(tensors)[:3]) or 'no tensors'})")
+    raise UserError(f"{where}: a {_FAMILY_NAMES[cfg.family]} model needs tensor {root.name!r} of shape "
+                    f"{root.shape}, but the checkpoint holds {held}")
+
+
+def load_tf(path: str | os.PathLike, dtype: str | None = None) -> tuple[ConfigBase, dict[str, Any]]:
+    """(config, params) from a TF checkpoint folder or prefix; params are a plain dict of arrays in our
+    unscanned layout (stacked if the config scans layers), in the config's param dtype unless `dtype` is given.
+    Every tensor must be used: a left-over one (other than optimizer state) is an error."""
+    import jax.numpy as jnp
+
+    prefix, tensors = read_checkpoint(path)
+    folder, where = prefix.parent, str(prefix)
+    found = detect_family(tensors)
+    if (folder / OUR_CONFIG).is_file():
+        cfg = load_config(folder / OUR_CONFIG)
+        _check_family(cfg, found, tensors, where)
+    elif found is None:
+        raise UserError(f"{where}: not a T5, BERT or GPT-2 checkpoint: it holds none of "
+                        f"{', '.join(repr(family_module(f).ROOT) for f in _FAMILY_NAMES)}")
+    else:
+        cfg = family_module(found).config_from_native(folder, TensorSource(tensors, where))
+    source = TensorSource(tensors, where)
+    params = from_foreign(tf_entries(cfg), source)
+    left = source.unused()
+    if left:
+        raise UserError(f"{where}: {len(left)} tensor(s) were not used, e.g. {', '.join(left[:5])}; "
+                        "does the config match the checkpoint?")
+    target = jnp.dtype(dtype or getattr(cfg, "param_dtype", "float32"))
+    params = _to_arrays(params, target)
+    if getattr(cfg, "scan_layers", False):
+        from t5pegasus.models.layers import stack_layers
+
+        params = stack_layers(params)
+    return cfg, params
+
+
+def _to_arrays(tree: Any, dtype: Any) -> Any:
+    import jax.numpy as jnp
+
+    if isinstance(tree, dict):
+        return {k: _to_arrays(v, dtype) for k, v in tree.items()}
+    return jnp.asarray(np.ascontiguousarray(tree), dtype=dtype)
+
+
+def save_tf(cfg: ConfigBase, params: Any, folder: str | os.PathLike, *, overwrite: bool = False,
+            dtype: str = "float32", t5_norm: str | None = None,
+            extra_files: dict[str, str | os.PathLike] | None = None) -> Path:
+    """Write `folder` as a TF checkpoint in the original names of `cfg`'s family, atomically.
+
+    `t5_norm` picks the T5 norm spelling ("rms_norm": T5 1.1 / mT5 / T5 PEGASUS, "layer_norm": T5 1.0;
+    default: by the feed-forward kind). `extra_files` maps names in the folder to files copied there
+    (vocab.txt, spiece.model). An existing folder is replaced only with `overwrite`.
+    """
+    from t5pegasus.models import unbox
+    from t5pegasus.models.layers import unstack_layers
+
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise UserError(f"{folder} exists; choose another destination or allow overwriting (--force)")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"dtype {dtype!r} is not one of float32, bfloat16, float16")
+    module = family_module(cfg.family)
+    module.check_exportable(cfg)
+    tensors = to_foreign(tf_entries(cfg, t5_norm), unstack_layers(unbox(params)), f"{cfg.family} params")
+    with fileio.atomic_dir(folder, overwrite=overwrite) as tmp:
+        write_checkpoint(tmp, tensors, dtype)
+        (tmp / OUR_CONFIG).write_text(cfg.to_json(), encoding="utf-8")
+        for name, values in module.native_config(cfg).items():
+            (tmp / name).write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        for name, source in (extra_files or {}).items():
+            if not Path(source).is_file():
+                raise UserError(f"{source} (to be saved as {name}) is not a file")
+            shutil.copyfile(source, tmp / name)
+    return folder
