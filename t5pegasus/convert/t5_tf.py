@@ -98,7 +98,11 @@ def entries(cfg: T5Config, norm: str | None = None) -> list[Entry]:
 
 
 def check_exportable(cfg: T5Config) -> None:
-    """Every T5 config has mesh-TF names (the T5 PEGASUS switches are config, not weights)."""
+    """mesh-TF names cover T5 with its relative position bias (the T5 PEGASUS switches are config, not weights)."""
+    kind = getattr(cfg, "position_kind", "relative_bias")
+    if kind != "relative_bias":
+        raise UserError(f"mesh-TF T5 checkpoints have a relative position bias table; position_kind {kind!r} has no "
+                        "names there")
 
 
 def native_config(cfg: T5Config) -> dict[str, dict[str, Any]]:
