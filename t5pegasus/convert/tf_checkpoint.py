@@ -27,6 +27,7 @@ _TRAINING_STATE = re.compile(r"(^|/)(global_step|adam_[mv]|Adam(_\d+)?|AdamWeigh
 def import_tf() -> Any:
     """The tensorflow module, or a UserError saying how to install it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF only moves tensors here; its oneDNN notice is noise
     try:
         import tensorflow as tf
     except ImportError:

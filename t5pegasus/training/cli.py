@@ -53,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
         f"  resume:         {command}" + ("" if result.interrupted else "   (add train.steps=N to train longer)"),
     ]
     if last is not None:
-        lines.append(f"  export / generate: use checkpoint {d / 'checkpoints' / str(last)} with "
-                     f"`t5pegasus convert` and `t5pegasus generate` (see docs/training.md)")
+        lines += [
+            f"  export:         t5pegasus convert {d} {d}-tf --to tf   (the T5 PEGASUS release format; --to hf "
+            f"for HF transformers, with --allow-lossy for T5 PEGASUS switches; --ema for averaged weights)",
+            f"  generate:       echo '<text>' | t5pegasus generate --model {d}",
+            f"  fine-tune:      t5pegasus finetune --init {d} --train TRAIN.jsonl --dev DEV.jsonl",
+        ]
     print("\n".join(lines))
     return 130 if result.interrupted == "SIGINT" else (143 if result.interrupted == "SIGTERM" else 0)
