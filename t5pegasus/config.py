@@ -12,6 +12,7 @@ import os
 from typing import Any, ClassVar, TypeVar
 
 from t5pegasus import fileio
+from t5pegasus.attention.kernels import BACKENDS
 from t5pegasus.errors import UserError
 
 C = TypeVar("C", bound="ConfigBase")
@@ -121,6 +122,64 @@ def load_config_dict(values: dict[str, Any], where: str = "config") -> ConfigBas
 
 FEED_FORWARD_KINDS = ("relu", "gated-gelu", "gated-gelu-erf", "gated-silu", "gated-relu")
 
+# Attention switches (docs/attention.md has the table of what combines with what, and why).
+ATTENTION_KINDS = ("softmax", "linear", "performer", "nystrom")
+POSITION_KINDS = ("learned", "rope", "rerope", "leaky_rerope", "hierarchical", "none")
+T5_POSITION_KINDS = ("relative_bias", "rope")
+ROPE_LAYOUTS = ("interleaved", "half")
+ATTENTION_BACKENDS = ("auto", *BACKENDS)
+ROTARY_KINDS = ("rope", "rerope", "leaky_rerope")
+_SCORE_BACKENDS = ("auto", "einsum")  # what a path that builds its own score matrix runs on
+
+
+def _one_of(cfg: ConfigBase, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(cfg, name)
+    cfg._check(value in choices, f"{name} {value!r} is not one of {', '.join(choices)}")
+
+
+def _check_rope(cfg: T5Config | BertConfig | GPTConfig, head_dim: int, position_kind: str) -> None:
+    """RoPE-family fields: layout, base, an even head dim and the ReRoPE window / leak."""
+    _one_of(cfg, "rope_layout", ROPE_LAYOUTS)
+    if position_kind not in ROTARY_KINDS:
+        return
+    cfg._check(head_dim % 2 == 0, f"position_kind={position_kind!r} rotates pairs of head dims; "
+               f"the head dim {head_dim} must be even")
+    cfg._check(cfg.rope_base > 0, "rope_base must be positive")
+    if position_kind in ("rerope", "leaky_rerope"):
+        cfg._check(cfg.rerope_window > 0, "rerope_window must be positive")
+    if position_kind == "leaky_rerope":
+        cfg._check(cfg.rerope_leaky > 1, "rerope_leaky must be > 1 (distances beyond the window "
+                   "are divided by it)")
+
+
+def _check_attention(cfg: BertConfig | GPTConfig, causal: bool, unilm: bool) -> None:
+    """The BERT/GPT attention switches: each value, then which kinds combine (see docs/attention.md)."""
+    for name, choices in (("attention_kind", ATTENTION_KINDS), ("position_kind", POSITION_KINDS),
+                          ("attention_backend", ATTENTION_BACKENDS)):
+        _one_of(cfg, name, choices)
+    kind, position = cfg.attention_kind, cfg.position_kind
+    _check_rope(cfg, cfg.head_dim, position)
+    if kind != "softmax":
+        cfg._check(position not in ("rerope", "leaky_rerope"),
+                   f"position_kind={position!r} needs attention_kind='softmax': ReRoPE picks between score "
+                   f"matrices per (query, key), and {kind} attention never forms one")
+        cfg._check(not cfg.realformer, f"realformer needs attention_kind='softmax': {kind} attention has no "
+                   "score matrix to carry to the next layer")
+        cfg._check(not unilm, f"attention='unilm' needs attention_kind='softmax': the UniLM seq2seq mask is neither "
+                   f"causal nor bidirectional, the only masks {kind} attention can apply")
+    if kind == "nystrom":
+        cfg._check(not causal, "attention_kind='nystrom' has no causal form (its landmarks average over future "
+                   "positions); use it with a bidirectional BERT, or pick linear or performer")
+    explicit_scores = cfg.realformer or position in ("rerope", "leaky_rerope")
+    if kind != "softmax" or explicit_scores:
+        path = f"attention_kind={kind!r}" if kind != "softmax" else "realformer / ReRoPE (explicit score matrices)"
+        cfg._check(cfg.attention_backend in _SCORE_BACKENDS,
+                   f"attention_backend={cfg.attention_backend!r} has no effect with {path}, which does not run "
+                   "the fused softmax kernels; leave it 'auto'")
+    for name in ("performer_features", "nystrom_landmarks", "nystrom_pinv_iterations"):
+        cfg._check(getattr(cfg, name) > 0, f"{name} must be positive")
+    cfg._check(0.0 <= cfg.hierarchical_alpha < 1.0, "hierarchical_alpha must be in [0, 1)")
+
 
 @dataclasses.dataclass(frozen=True)
 class T5Config(ConfigBase):
@@ -158,6 +217,13 @@ class T5Config(ConfigBase):
     unk_token_id: int = 2
     decoder_start_token_id: int = 0
     initializer_factor: float = 1.0
+    # Attention switches (docs/attention.md). "rope" replaces the relative bias by rotary positions in the
+    # self-attention of both stacks (no relpos_bias tables; cross-attention gets no positions).
+    position_kind: str = "relative_bias"
+    rope_layout: str = "interleaved"
+    rope_base: float = 10000.0
+    attention_backend: str = "auto"
+    realformer: bool = False
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(vocab_size=128, d_model=32, d_ff=64, num_heads=4, d_kv=8, num_encoder_layers=2,
@@ -192,6 +258,15 @@ class T5Config(ConfigBase):
             self._check(getattr(self, name) > 0, f"{name} must be positive")
         self._check(self.num_encoder_layers >= 0 and self.num_decoder_layers > 0, "layer counts must be positive")
         self._check(0.0 <= self.dropout_rate < 1.0, "dropout_rate must be in [0, 1)")
+        _one_of(self, "position_kind", T5_POSITION_KINDS)
+        _one_of(self, "attention_backend", ATTENTION_BACKENDS)
+        _check_rope(self, self.d_kv, self.position_kind)
+        self._check(self.position_kind == "relative_bias" or not self.cross_attention_bias,
+                    "cross_attention_bias adds the decoder's relative position bias to cross-attention; with "
+                    f"position_kind={self.position_kind!r} there is no such bias: set cross_attention_bias=False")
+        self._check(not self.realformer or self.attention_backend in _SCORE_BACKENDS,
+                    f"attention_backend={self.attention_backend!r} has no effect with realformer (explicit score "
+                    "matrices); leave it 'auto'")
 
     @property
     def logits_scaled(self) -> bool:
@@ -246,6 +321,20 @@ class BertConfig(ConfigBase):
     cls_token_id: int = 101
     sep_token_id: int = 102
     mask_token_id: int = 103
+    # Attention switches (docs/attention.md): kernel kind, positions, RealFormer, softmax backend.
+    attention_kind: str = "softmax"
+    position_kind: str = "learned"
+    rope_layout: str = "interleaved"
+    rope_base: float = 10000.0
+    rerope_window: int = 512
+    rerope_leaky: float = 16.0
+    hierarchical_alpha: float = 0.4
+    realformer: bool = False
+    attention_backend: str = "auto"
+    performer_features: int = 128
+    performer_redraw: bool = True
+    nystrom_landmarks: int = 64
+    nystrom_pinv_iterations: int = 6
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, head_dim=8, intermediate_size=64,
@@ -271,6 +360,7 @@ class BertConfig(ConfigBase):
         self._check(0.0 <= self.dropout_rate < 1.0, "dropout_rate must be in [0, 1)")
         self._check(not self.conditional_layer_norm or self.condition_size > 0,
                     "conditional_layer_norm needs condition_size > 0")
+        _check_attention(self, causal=self.attention != "bidirectional", unilm=self.attention == "unilm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +387,20 @@ class GPTConfig(ConfigBase):
     pad_token_id: int = 0
     bos_token_id: int = 50256
     eos_token_id: int = 50256
+    # Attention switches (docs/attention.md): kernel kind, positions, RealFormer, softmax backend.
+    attention_kind: str = "softmax"
+    position_kind: str = "learned"
+    rope_layout: str = "interleaved"
+    rope_base: float = 10000.0
+    rerope_window: int = 512
+    rerope_leaky: float = 16.0
+    hierarchical_alpha: float = 0.4
+    realformer: bool = False
+    attention_backend: str = "auto"
+    performer_features: int = 128
+    performer_redraw: bool = True
+    nystrom_landmarks: int = 64
+    nystrom_pinv_iterations: int = 6
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, head_dim=8, intermediate_size=128,
@@ -318,3 +422,4 @@ class GPTConfig(ConfigBase):
                      "max_position_embeddings"):
             self._check(getattr(self, name) > 0, f"{name} must be positive")
         self._check(0.0 <= self.dropout_rate < 1.0, "dropout_rate must be in [0, 1)")
+        _check_attention(self, causal=True, unilm=False)

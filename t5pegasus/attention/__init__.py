@@ -7,7 +7,7 @@ from t5pegasus.attention.dot_product import (
     einsum_attention,
     masked_softmax,
 )
-from t5pegasus.attention.hierarchical import hierarchical_table
+from t5pegasus.attention.hierarchical import hierarchical_rows, hierarchical_table
 from t5pegasus.attention.kernels import BACKENDS, resolve_backend
 from t5pegasus.attention.learned import add_learned_positions, learned_positions
 from t5pegasus.attention.linear import elu_feature_map, feature_attention, linear_attention
@@ -45,6 +45,7 @@ __all__ = [
     "elu_feature_map",
     "favor_features",
     "feature_attention",
+    "hierarchical_rows",
     "hierarchical_table",
     "key_padding_mask",
     "layout_permutation",

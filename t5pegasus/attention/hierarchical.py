@@ -18,9 +18,19 @@ def hierarchical_table(table: Array, length: int | None = None, alpha: float = 0
     length = n * n if length is None else length
     if not 0 < length <= n * n:
         raise ValueError(f"hierarchical positions cover 1..{n * n} for a table of {n} rows, got {length}")
+    return hierarchical_rows(table, jnp.arange(length), alpha)
+
+
+def hierarchical_rows(table: Array, positions: Array, alpha: float = 0.4) -> Array:
+    """Rows [..., d] of the extended table at int `positions` (any shape) without building the n * n table,
+    which a model uses at every call (a 512-row table extends to 262144 rows). Positions at or past n * n
+    come back as NaN (as an overlong lookup in a learned table does)."""
     if not 0.0 <= alpha < 1.0:
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+    n = table.shape[0]
     t = table.astype(jnp.float32)
     u = (t - alpha * t[:1]) / (1.0 - alpha)
-    k = jnp.arange(length)
-    return (alpha * u[k // n] + (1.0 - alpha) * u[k % n]).astype(table.dtype)
+    positions = jnp.asarray(positions)
+    high = jnp.take(u, positions // n, axis=0, mode="fill", fill_value=jnp.nan)
+    low = jnp.take(u, positions % n, axis=0)
+    return (alpha * high + (1.0 - alpha) * low).astype(table.dtype)

@@ -52,11 +52,16 @@ def nystrom_attention(
     key_valid: Array | None = None,
     scale: float | None = None,
     pinv_iterations: int = 6,
+    query_valid: Array | None = None,
 ) -> Array:
-    """Nystromformer attention; q [b, n, h, d], k/v [b, s, h, d], key_valid [b, s] -> [b, n, h, d]."""
+    """Nystromformer attention; q [b, n, h, d], k/v [b, s, h, d], key_valid [b, s] -> [b, n, h, d].
+
+    `query_valid` [b, n] leaves padded queries out of the query landmarks too (in self-attention pass the
+    key flags), so real tokens' outputs do not depend on what sits in padded positions.
+    """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     qf, kf = q.astype(jnp.float32) * scale, k.astype(jnp.float32)
-    q_land, _ = segment_means(qf, num_landmarks)
+    q_land, _ = segment_means(qf, num_landmarks, query_valid)
     k_land, k_counts = segment_means(kf, num_landmarks, key_valid)
     land_mask = (k_counts > 0)[:, None, None, :]  # [b, 1, 1, m]: landmarks holding some valid key
     key_mask = None if key_valid is None else key_valid.astype(bool)[:, None, None, :]

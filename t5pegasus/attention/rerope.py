@@ -42,16 +42,24 @@ def rerope_scores(
     layout: Layout = "interleaved",
     base: float = 10000.0,
     symmetric: bool = False,
+    *,
+    q_positions: Array | None = None,
+    k_positions: Array | None = None,
 ) -> Array:
-    """[b, h, q, k] scores of un-rotated q [b, q, h, d] (at q_offset + i) and k [b, k, h, d] (at j)."""
-    q_pos = jnp.arange(q.shape[1]) + q_offset
-    k_pos = jnp.arange(k.shape[1])
+    """[b, h, q, k] scores of un-rotated q [b, q, h, d] (at q_offset + i) and k [b, k, h, d] (at j).
+
+    `q_positions` / `k_positions` ([len] or [b, len]) replace those default positions, e.g. per-row positions
+    of left-aligned prompts or the stored positions of cached keys; only their differences matter.
+    """
+    q_pos = jnp.arange(q.shape[1]) + q_offset if q_positions is None else jnp.asarray(q_positions)
+    k_pos = jnp.arange(k.shape[1]) if k_positions is None else jnp.asarray(k_positions)
     leak = 0.0 if leaky is None else 1.0 / leaky
 
     def score(qp: Array, kp: Array) -> Array:
         return attention_scores(apply_rope(q, qp, layout, base), apply_rope(k, kp, layout, base), scale)
 
-    rel = (q_pos[:, None] - k_pos[None, :]).astype(jnp.float32)
+    rel = (q_pos[..., :, None] - k_pos[..., None, :]).astype(jnp.float32)  # [q, k] or [b, q, k]
+    rel = rel[:, None] if rel.ndim == 3 else rel  # [b, 1, q, k] against [b, h, q, k] scores
     inside = score(q_pos, k_pos)
     # Beyond +w: query at i*leak + w(1-leak), key at j*leak, so the difference is w + (rel - w) * leak.
     scores = jnp.where(rel < window, inside, score(q_pos * leak + window * (1 - leak), k_pos * leak))
@@ -74,9 +82,13 @@ def rerope_attention(
     layout: Layout = "interleaved",
     base: float = 10000.0,
     symmetric: bool = False,
+    *,
+    q_positions: Array | None = None,
+    k_positions: Array | None = None,
 ) -> Array:
     """Prefill attention with (Leaky) ReRoPE; q, k un-rotated [b, l, h, d]; returns [b, q, h, d]."""
-    scores = rerope_scores(q, k, window, leaky, scale, q_offset, layout, base, symmetric)
+    scores = rerope_scores(q, k, window, leaky, scale, q_offset, layout, base, symmetric,
+                           q_positions=q_positions, k_positions=k_positions)
     return attention_from_scores(scores, v, bias, mask, dtype=q.dtype)
 
 
@@ -90,13 +102,17 @@ def rerope_decode_scores(
     layout: Layout = "interleaved",
     base: float = 10000.0,
     symmetric: bool = False,
+    *,
+    key_positions: Array | None = None,
 ) -> Array:
     """[b, h, 1, n] scores of one un-rotated query q [b, 1, h, d] at `position` (int or [b]) against
-    un-rotated cached keys [b, n, h, d] at 0..n-1 (slots past `position` must be masked by the caller)."""
+    un-rotated cached keys [b, n, h, d] at 0..n-1, or at `key_positions` ([n] or [b, n]) when the cache
+    stores them (slots past `position` must be masked by the caller)."""
     if q.shape[1] != 1:
         raise ValueError(f"rerope decoding takes one query position, got q of shape {q.shape}")
     position = jnp.asarray(position)
-    rel = position.reshape(-1, 1) - jnp.arange(k_cache.shape[1])[None, :]  # [b or 1, n]
+    k_pos = jnp.arange(k_cache.shape[1]) if key_positions is None else jnp.asarray(key_positions)
+    rel = position.reshape(-1, 1) - k_pos.reshape(-1, k_cache.shape[1])  # [b or 1, n]
     r = rerope_relative(rel, window, leaky, symmetric)
     # <R(a) q, R(b) k> = <q, R(b - a) k>: rotate key j by -r_j and leave the query alone.
     keys = rotate(k_cache, rope_angles(-r, k_cache.shape[-1], base)[:, :, None, :], layout)
@@ -116,7 +132,10 @@ def rerope_decode_attention(
     layout: Layout = "interleaved",
     base: float = 10000.0,
     symmetric: bool = False,
+    *,
+    key_positions: Array | None = None,
 ) -> Array:
     """One decoding step with (Leaky) ReRoPE; mask [b, 1, 1, n] marks the filled cache slots."""
-    scores = rerope_decode_scores(q, k_cache, position, window, leaky, scale, layout, base, symmetric)
+    scores = rerope_decode_scores(q, k_cache, position, window, leaky, scale, layout, base, symmetric,
+                                  key_positions=key_positions)
     return attention_from_scores(scores, v_cache, bias, mask, dtype=q.dtype)

@@ -27,9 +27,14 @@ from t5pegasus.models.layers import (
     LayerNorm,
     MultiHeadAttention,
     PositionEmbed,
+    attention_options,
     constrain,
     dtype_of,
+    initial_scores,
+    join_carry,
+    position_embeddings,
     run_layers,
+    split_carry,
 )
 from t5pegasus.models.layers import MLP as FeedForward
 
@@ -71,6 +76,14 @@ def cached_attention_mask(kind: str, offset: Array | int, key_valid: Array, key_
     raise UserError("a bidirectional BERT cannot decode incrementally; use attention='unilm' or 'causal'")
 
 
+def check_cached_decoding(cfg: Any) -> None:
+    """Cached decoding exists for softmax attention only (any position kind, RealFormer included)."""
+    if cfg.attention_kind != "softmax":
+        raise UserError(f"cached decoding (decode=True) is implemented for attention_kind='softmax' only, not "
+                        f"{cfg.attention_kind!r}: its running (sum phi(k) v^T, sum phi(k)) state is not kept in "
+                        "the cache; decode by recomputing the full sequence, or train a softmax model")
+
+
 def _kw(cfg: BertConfig) -> dict[str, Any]:
     return dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype))
 
@@ -90,17 +103,24 @@ class BertLayer(nn.Module):
     scanned: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, condition: Array | None) -> Any:
+    def __call__(self, carry: Any, mask: Array, key_valid: Array, positions: Array,
+                 condition: Array | None) -> Any:
         cfg, det = self.cfg, self.deterministic
+        x, scores = split_carry(carry)
         drop = nn.Dropout(cfg.dropout_rate)
         std = cfg.initializer_range
         h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, use_bias=True, dropout_rate=cfg.dropout_rate,
-                               q_stddev=std, kv_stddev=std, o_stddev=std, name="attention", **_kw(cfg))(
-            x, mask=mask, deterministic=det, decode=self.decode)
+                               q_stddev=std, kv_stddev=std, o_stddev=std, name="attention",
+                               options=attention_options(cfg, symmetric=cfg.attention != "causal"), **_kw(cfg))(
+            x, mask=mask, deterministic=det, decode=self.decode, positions=positions, key_valid=key_valid,
+            causal=cfg.attention == "causal", prev_scores=scores[0] if scores else None)
+        if scores:
+            h, scores = h[0], (h[1],)
         x = constrain(_norm(cfg, "attention_norm", x + drop(h, deterministic=det), condition), EDGE)
         h = FeedForward(cfg.intermediate_size, cfg.hidden_act, std, name="mlp", **_kw(cfg))(x)
         x = constrain(_norm(cfg, "mlp_norm", x + drop(h, deterministic=det), condition), EDGE)
-        return (x, None) if self.scanned else x
+        carry = join_carry(x, scores)
+        return (carry, None) if self.scanned else carry
 
 
 class Bert(nn.Module):
@@ -122,7 +142,9 @@ class Bert(nn.Module):
         valid = (ids != cfg.pad_token_id) if mask is None else mask.astype(bool)
         if cfg.conditional_layer_norm and condition is None:
             condition = jnp.zeros((ids.shape[0], cfg.condition_size), jnp.float32)
+        key_valid = valid
         if decode:
+            check_cached_decoding(cfg)
             offset, key_valid, key_count, query_count = DecodeState(name="decode_state")(valid, segment_ids)
             attn_mask = cached_attention_mask(cfg.attention, offset, key_valid, key_count, query_count)
         else:
@@ -130,13 +152,15 @@ class Bert(nn.Module):
         if positions is None:
             positions = offset + jnp.arange(ids.shape[1])[None, :]
         word = Embed(cfg.vocab_size, cfg.hidden_size, stddev=std, name="word_embeddings", **kw)
-        x = (word(ids) + PositionEmbed(cfg.max_position_embeddings, cfg.hidden_size, std,
-                                       name="position_embeddings", **kw)(positions)
-             + PositionEmbed(cfg.type_vocab_size, cfg.hidden_size, std, name="segment_embeddings", **kw)(segment_ids))
+        x = word(ids)
+        absolute = position_embeddings(cfg, positions, **kw)
+        x = x if absolute is None else x + absolute
+        x = x + PositionEmbed(cfg.type_vocab_size, cfg.hidden_size, std, name="segment_embeddings", **kw)(segment_ids)
         x = _norm(cfg, "embeddings_norm", x, condition)
         x = constrain(nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic), EDGE)
-        x = run_layers(self, BertLayer, cfg.num_layers, x, (attn_mask, condition), deterministic=deterministic,
-                       decode=decode)
+        scores = initial_scores(cfg, ids.shape[0], ids.shape[1], attn_mask.shape[-1])
+        x = run_layers(self, BertLayer, cfg.num_layers, x, (attn_mask, key_valid, positions, condition), scores,
+                       deterministic=deterministic, decode=decode)
         pooled = None
         if cfg.with_pooler:
             pooled = Dense((cfg.hidden_size,), ("embed", None), std, use_bias=True, name="pooler", **kw)(x[:, 0])

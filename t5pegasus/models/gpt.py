@@ -15,17 +15,21 @@ from jax import Array
 
 from t5pegasus.attention import causal_mask, combine, key_padding_mask
 from t5pegasus.config import GPTConfig
-from t5pegasus.models.bert import cached_attention_mask
+from t5pegasus.models.bert import cached_attention_mask, check_cached_decoding
 from t5pegasus.models.layers import (
     MLP,
     DecodeState,
     Embed,
     LayerNorm,
     MultiHeadAttention,
-    PositionEmbed,
+    attention_options,
     constrain,
     dtype_of,
+    initial_scores,
+    join_carry,
+    position_embeddings,
     run_layers,
+    split_carry,
 )
 
 EDGE = ("batch", "length", "embed")
@@ -44,21 +48,27 @@ class GPTLayer(nn.Module):
     scanned: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array) -> Any:
+    def __call__(self, carry: Any, mask: Array, key_valid: Array, positions: Array) -> Any:
         cfg, det = self.cfg, self.deterministic
+        x, scores = split_carry(carry)
         drop = nn.Dropout(cfg.dropout_rate)
         std = cfg.initializer_range
         # GPT-2 scales the residual projections by 1/sqrt(2 * layers) at initialisation.
         out_std = std / (2 * cfg.num_layers) ** 0.5
         h = LayerNorm(cfg.layer_norm_epsilon, name="attention_norm", **_kw(cfg))(x)
         h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, use_bias=True, dropout_rate=cfg.dropout_rate,
-                               q_stddev=std, kv_stddev=std, o_stddev=out_std, name="attention", **_kw(cfg))(
-            h, mask=mask, deterministic=det, decode=self.decode)
+                               q_stddev=std, kv_stddev=std, o_stddev=out_std, name="attention",
+                               options=attention_options(cfg, symmetric=False), **_kw(cfg))(
+            h, mask=mask, deterministic=det, decode=self.decode, positions=positions, key_valid=key_valid,
+            causal=True, prev_scores=scores[0] if scores else None)
+        if scores:
+            h, scores = h[0], (h[1],)
         x = constrain(x + drop(h, deterministic=det), EDGE)
         h = LayerNorm(cfg.layer_norm_epsilon, name="mlp_norm", **_kw(cfg))(x)
         h = MLP(cfg.intermediate_size, cfg.hidden_act, std, name="mlp", **_kw(cfg))(h)
         x = constrain(x + drop(h, deterministic=det), EDGE)
-        return (x, None) if self.scanned else x
+        carry = join_carry(x, scores)
+        return (carry, None) if self.scanned else carry
 
 
 class GPT(nn.Module):
@@ -76,7 +86,9 @@ class GPT(nn.Module):
         cfg, kw, std = self.cfg, _kw(self.cfg), self.cfg.initializer_range
         n = ids.shape[1]
         valid = jnp.ones(ids.shape, bool) if mask is None else mask.astype(bool)
+        key_valid = valid
         if decode:
+            check_cached_decoding(cfg)
             offset, key_valid, key_count, query_count = DecodeState(name="decode_state")(
                 valid, jnp.zeros_like(ids))
             attn_mask = cached_attention_mask("causal", offset, key_valid, key_count, query_count)
@@ -86,11 +98,13 @@ class GPT(nn.Module):
         if positions is None:
             positions = offset + jnp.arange(n)[None, :]
         tokens = Embed(cfg.vocab_size, cfg.hidden_size, stddev=std, name="token_embeddings", **kw)
-        x = tokens(ids) + PositionEmbed(cfg.max_position_embeddings, cfg.hidden_size, std,
-                                        name="position_embeddings", **kw)(positions)
+        x = tokens(ids)
+        absolute = position_embeddings(cfg, positions, **kw)
+        x = x if absolute is None else x + absolute
         x = constrain(nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic), EDGE)
-        x = run_layers(self, GPTLayer, cfg.num_layers, x, (attn_mask,), deterministic=deterministic,
-                       decode=decode)
+        scores = initial_scores(cfg, ids.shape[0], n, attn_mask.shape[-1])
+        x = run_layers(self, GPTLayer, cfg.num_layers, x, (attn_mask, key_valid, positions), scores,
+                       deterministic=deterministic, decode=decode)
         x = LayerNorm(cfg.layer_norm_epsilon, name="final_norm", **kw)(x)
         return constrain(tokens.attend(x), ("batch", "length", "vocab"))
 

@@ -6,6 +6,7 @@ A rules table (training/mesh.py) maps them to mesh axes; model code never names 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from t5pegasus import attention as attn
 from t5pegasus.attention import dot_product_attention
 
 Initializer = Callable[..., Array]
@@ -175,11 +177,66 @@ class RelativePositionBias(nn.Module):
         return jnp.transpose(bias, (2, 0, 1))[None].astype(jnp.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class AttentionOptions:
+    """How a MultiHeadAttention turns q, k, v into its output (built from a model config by the families).
+
+    kind: softmax | linear | performer | nystrom. rotary: none | rope | rerope | leaky_rerope (self-attention
+    only; rerope needs softmax). symmetric: ReRoPE also clips negative distances (bidirectional attention).
+    The defaults are plain softmax attention on the fastest backend with positions left to the caller.
+    """
+
+    kind: str = "softmax"
+    backend: str = "auto"
+    rotary: str = "none"
+    rope_layout: str = "interleaved"
+    rope_base: float = 10000.0
+    rerope_window: int = 512
+    rerope_leaky: float | None = None
+    symmetric: bool = False
+    performer_features: int = 128
+    performer_redraw: bool = True
+    nystrom_landmarks: int = 64
+    nystrom_pinv_iterations: int = 6
+
+    @property
+    def rerope(self) -> bool:
+        return self.rotary in ("rerope", "leaky_rerope")
+
+
+def attention_options(cfg: Any, symmetric: bool) -> AttentionOptions:
+    """AttentionOptions from any family's config (fields a family lacks keep their defaults)."""
+    position = getattr(cfg, "position_kind", "none")
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(AttentionOptions) if hasattr(cfg, f.name)}
+    values.update(
+        kind=getattr(cfg, "attention_kind", "softmax"),
+        backend=getattr(cfg, "attention_backend", "auto"),
+        rotary=position if position in ("rope", "rerope", "leaky_rerope") else "none",
+        rerope_leaky=getattr(cfg, "rerope_leaky", None) if position == "leaky_rerope" else None,
+        symmetric=symmetric,
+    )
+    return AttentionOptions(**values)
+
+
+def performer_projection(module: nn.Module, options: AttentionOptions, head_dim: int,
+                         deterministic: bool) -> Array:
+    """FAVOR+ random features: redrawn from the "features" rng stream in training when the caller supplies
+    one (and `performer_redraw`), else fixed ones from jax.random.key(0), the same for every layer and call
+    (evaluation and decoding are then deterministic functions of the parameters)."""
+    redraw = options.performer_redraw and not deterministic and module.has_rng("features")
+    key = module.make_rng("features") if redraw else jax.random.key(0)
+    return attn.orthogonal_random_features(key, options.performer_features, head_dim)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with [embed, heads, kv] projections and an optional KV cache.
 
     With `decode=True` the keys/values of self-attention are appended to a cache ("cache" collection) at
     `cache_index`; cross-attention caches the projected memory once. `scale` multiplies q.k (T5 uses 1.0).
+    `options` picks the kernel and the rotary positions. Keyword-only inputs: `positions` ([b or 1, q]
+    absolute positions of the queries, for RoPE/ReRoPE), `key_valid` ([b, k] non-padding keys, for the
+    linear kinds, which take no dense mask), `causal` (linear kinds) and `prev_scores` (RealFormer: given,
+    the call returns `(out, scores)` with this layer's pre-softmax scores for the next one).
     """
 
     num_heads: int
@@ -192,6 +249,7 @@ class MultiHeadAttention(nn.Module):
     o_stddev: float = 1.0
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    options: AttentionOptions = AttentionOptions()
 
     def _proj(self, name: str, stddev: float) -> Dense:
         return Dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"), stddev, use_bias=self.use_bias,
@@ -206,8 +264,15 @@ class MultiHeadAttention(nn.Module):
         mask: Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
-    ) -> Array:
+        *,
+        positions: Array | None = None,
+        key_valid: Array | None = None,
+        causal: bool = False,
+        prev_scores: Array | None = None,
+    ) -> Array | tuple[Array, Array]:
         is_cross = memory is not None
+        opts = self.options
+        rotary = "none" if is_cross else opts.rotary
         q = self._proj("query", self.q_stddev)(x)
         if is_cross and decode:
             # Project the memory once, on the first call (cache initialisation), then reuse it.
@@ -218,29 +283,89 @@ class MultiHeadAttention(nn.Module):
             source = memory if is_cross else x
             k = self._proj("key", self.kv_stddev)(source)
             v = self._proj("value", self.kv_stddev)(source)
+        if rotary != "none" and positions is None:
+            positions = jnp.arange(x.shape[1])[None, :]
+        if rotary == "rope":  # rotate before the cache write: cached keys keep their own positions
+            q = attn.apply_rope(q, positions, opts.rope_layout, opts.rope_base)
+            k = attn.apply_rope(k, positions, opts.rope_layout, opts.rope_base)
+        key_positions = positions
         if decode and not is_cross:
-            k, v = self._update_cache(k, v)
+            k, v, key_positions = self._update_cache(k, v, positions if opts.rerope else None)
         q = constrain(q, ("batch", "length", "heads", "kv"))
         k = constrain(k, ("batch", "length", "heads", "kv"))
         v = constrain(v, ("batch", "length", "heads", "kv"))
-        out = dot_product_attention(q, k, v, bias=bias, mask=mask, scale=self.scale)
+        if opts.kind != "softmax":
+            out, scores = self._efficient(q, k, v, key_valid, causal, is_cross, deterministic), None
+        elif rotary in ("rerope", "leaky_rerope"):
+            out, scores = self._rerope(q, k, v, bias, mask, positions, key_positions, prev_scores)
+        elif prev_scores is not None:
+            out, scores = attn.residual_attention(q, k, v, prev_scores, bias=bias, mask=mask, scale=self.scale)
+        else:
+            out = dot_product_attention(q, k, v, bias=bias, mask=mask, scale=self.scale, backend=opts.backend)
+            scores = None
         out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
-        return Dense((x.shape[-1],), ("heads", "kv", "embed"), self.o_stddev, in_axes=2, use_bias=self.use_bias,
-                     dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+        out = Dense((x.shape[-1],), ("heads", "kv", "embed"), self.o_stddev, in_axes=2, use_bias=self.use_bias,
+                    dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+        return out if prev_scores is None else (out, scores)
 
-    def _update_cache(self, k: Array, v: Array) -> tuple[Array, Array]:
-        """Write this step's keys/values at the cache index and return the whole cache."""
+    def _rerope(self, q: Array, k: Array, v: Array, bias: Array | None, mask: Array | None, positions: Array,
+                key_positions: Array, prev_scores: Array | None) -> tuple[Array, Array]:
+        """(Leaky) ReRoPE on un-rotated q, k: the cached one-query step when q is one position against stored
+        key positions, else the prefill scores; plus bias and RealFormer's previous scores when given."""
+        o = self.options
+        common = dict(window=o.rerope_window, leaky=o.rerope_leaky, scale=self.scale, layout=o.rope_layout,
+                      base=o.rope_base, symmetric=o.symmetric)
+        if q.shape[1] == 1:
+            position = jnp.broadcast_to(positions, (positions.shape[0], 1))[:, 0]
+            scores = attn.rerope_decode_scores(q, k, position, key_positions=key_positions, **common)
+        else:
+            scores = attn.rerope_scores(q, k, q_positions=positions, k_positions=key_positions, **common)
+        if bias is not None:
+            scores = scores + bias.astype(scores.dtype)
+        if prev_scores is not None:
+            scores = scores + prev_scores.astype(scores.dtype)
+        return attn.attention_from_scores(scores, v, None, mask, dtype=q.dtype), scores
+
+    def _efficient(self, q: Array, k: Array, v: Array, key_valid: Array | None, causal: bool, is_cross: bool,
+                   deterministic: bool) -> Array:
+        """The linear kinds: no score matrix, so padding comes as `key_valid` and causality as a flag."""
+        o = self.options
+        if o.kind == "linear":
+            return attn.linear_attention(q, k, v, causal=causal, key_valid=key_valid)
+        if o.kind == "performer":
+            projection = performer_projection(self, o, self.head_dim, deterministic)
+            return attn.performer_attention(q, k, v, projection, causal=causal, key_valid=key_valid,
+                                            scale=self.scale)
+        if o.kind == "nystrom":
+            if causal:
+                raise ValueError("nystrom attention has no causal form")
+            landmarks = min(o.nystrom_landmarks, q.shape[1], k.shape[1])
+            return attn.nystrom_attention(q, k, v, landmarks, key_valid=key_valid, scale=self.scale,
+                                          pinv_iterations=o.nystrom_pinv_iterations,
+                                          query_valid=None if is_cross else key_valid)
+        raise ValueError(f"unknown attention kind {o.kind!r}")
+
+    def _update_cache(self, k: Array, v: Array,
+                      positions: Array | None = None) -> tuple[Array, Array, Array | None]:
+        """Write this step's keys/values (and, for ReRoPE, their positions) at the cache index and return the
+        whole cache."""
         initialised = self.has_variable("cache", "cached_key")
         cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        cached_p = None
+        if positions is not None:
+            positions = jnp.broadcast_to(positions, k.shape[:2]).astype(jnp.int32)
+            cached_p = self.variable("cache", "cached_position", jnp.zeros, k.shape[:2], jnp.int32)
         index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
         if not initialised:
-            return k, v
+            return k, v, positions
         start = (0, index.value, 0, 0)
         cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
         cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
+        if cached_p is not None:
+            cached_p.value = jax.lax.dynamic_update_slice(cached_p.value, positions, start[:2])
         index.value = index.value + k.shape[1]
-        return cached_k.value, cached_v.value
+        return cached_k.value, cached_v.value, None if cached_p is None else cached_p.value
 
 
 def count_params(tree: object) -> int:
@@ -334,12 +459,26 @@ class PositionEmbed(nn.Module):
     stddev: float = 0.02
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    # Set: index the hierarchical extension of the table (n -> n * n rows, exact below n) with this alpha.
+    hierarchical_alpha: float | None = None
 
     @nn.compact
     def __call__(self, index: Array) -> Array:
         table = self.param("embedding", nn.with_logical_partitioning(normal(self.stddev), (None, "embed")),
                            (self.num_embeddings, self.features), self.param_dtype)
+        if self.hierarchical_alpha is not None:
+            return attn.hierarchical_rows(table, index, self.hierarchical_alpha).astype(self.dtype)
         return jnp.take(table, index, axis=0).astype(self.dtype)
+
+
+def position_embeddings(cfg: Any, positions: Array, **kw: Any) -> Array | None:
+    """A BERT/GPT config's absolute position embeddings at `positions` (learned or hierarchical table named
+    `position_embeddings`), or None when positions are rotary or absent (no table is created then)."""
+    if cfg.position_kind not in ("learned", "hierarchical"):
+        return None
+    alpha = cfg.hierarchical_alpha if cfg.position_kind == "hierarchical" else None
+    return PositionEmbed(cfg.max_position_embeddings, cfg.hidden_size, cfg.initializer_range,
+                         hierarchical_alpha=alpha, name="position_embeddings", **kw)(positions)
 
 
 class MLP(nn.Module):
@@ -360,28 +499,47 @@ class MLP(nn.Module):
 
 
 def run_layers(parent: nn.Module, layer_cls: type[nn.Module], n: int, x: Array, args: tuple,
-               **layer_kwargs: Any) -> Array:
+               residual_scores: tuple[Array, ...] = (), **layer_kwargs: Any) -> Array:
     """Apply n layers `layer_cls(parent.cfg, ...)`, unrolled (params `layers_i`) or, when the config says
     `scan_layers`, with nn.scan (params and cache stacked under `layers`); `remat` recomputes activations.
 
-    The layer returns `(x, None)` when built with `scanned=True` (the scan carry), else `x`.
+    The carry is `x`, or `(x, *residual_scores)` for RealFormer (initial scores, zeros, which each layer
+    replaces by its own); the layer returns `(carry, None)` when built with `scanned=True`, else the carry.
+    Returns the final x.
     """
     cfg = parent.cfg  # type: ignore[attr-defined]
     cls = nn.remat(layer_cls, prevent_cse=not cfg.scan_layers) if cfg.remat else layer_cls
+    carry: Any = (x, *residual_scores) if residual_scores else x
     if cfg.scan_layers:
         scanned = nn.scan(
             cls,
             variable_axes={"params": 0, "cache": 0},
-            split_rngs={"params": True, "dropout": True},
+            split_rngs={"params": True, "dropout": True, "features": True},
             in_axes=(nn.broadcast,) * len(args),
             length=n,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, _ = scanned(cfg, scanned=True, name="layers", **layer_kwargs)(x, *args)
-        return x
-    for i in range(n):
-        x = cls(cfg, name=f"layers_{i}", **layer_kwargs)(x, *args)
-    return x
+        carry, _ = scanned(cfg, scanned=True, name="layers", **layer_kwargs)(carry, *args)
+    else:
+        for i in range(n):
+            carry = cls(cfg, name=f"layers_{i}", **layer_kwargs)(carry, *args)
+    return carry[0] if residual_scores else carry
+
+
+def split_carry(carry: Any) -> tuple[Array, tuple[Array, ...]]:
+    """(x, RealFormer scores) of a layer's carry (no scores when it is a bare array)."""
+    return (carry[0], tuple(carry[1:])) if isinstance(carry, tuple) else (carry, ())
+
+
+def join_carry(x: Array, scores: tuple[Array, ...]) -> Any:
+    return (x, *scores) if scores else x
+
+
+def initial_scores(cfg: Any, batch: int, q_len: int, *k_lens: int) -> tuple[Array, ...]:
+    """RealFormer's starting scores (zeros [b, h, q, k], one per attention stream) or () when it is off."""
+    if not getattr(cfg, "realformer", False):
+        return ()
+    return tuple(jnp.zeros((batch, cfg.num_heads, q_len, k), jnp.float32) for k in k_lens)
 
 
 class DecodeState(nn.Module):

@@ -22,8 +22,13 @@ from t5pegasus.models.layers import (
     MultiHeadAttention,
     RelativePositionBias,
     RMSNorm,
+    attention_options,
     constrain,
     dtype_of,
+    initial_scores,
+    join_carry,
+    run_layers,
+    split_carry,
 )
 
 EDGE = ("batch", "length", "embed")
@@ -41,7 +46,26 @@ def _attention(cfg: T5Config, name: str) -> MultiHeadAttention:
         q_stddev=f * (cfg.d_model * cfg.d_kv) ** -0.5, kv_stddev=f * cfg.d_model**-0.5,
         o_stddev=f * (cfg.num_heads * cfg.d_kv) ** -0.5,
         dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), name=name,
+        options=attention_options(cfg, symmetric=False),
     )
+
+
+def _attend(module: MultiHeadAttention, x: Array, scores: tuple[Array, ...], index: int,
+            **kwargs: Any) -> tuple[Array, tuple[Array, ...]]:
+    """Call an attention module; with RealFormer on, feed it `scores[index]` and put its new scores there."""
+    if not scores:
+        return module(x, **kwargs), scores
+    out, new = module(x, prev_scores=scores[index], **kwargs)
+    return out, scores[:index] + (new,) + scores[index + 1:]
+
+
+def _relative_bias(cfg: T5Config, bidirectional: bool) -> RelativePositionBias | None:
+    """The stack's shared relative position bias module, or None when positions are rotary."""
+    if cfg.position_kind != "relative_bias":
+        return None
+    return RelativePositionBias(cfg.relative_buckets, cfg.relative_max_distance, cfg.num_heads, bidirectional,
+                                stddev=cfg.initializer_factor * cfg.d_model**-0.5,
+                                param_dtype=dtype_of(cfg.param_dtype), name="relpos_bias")
 
 
 def _mlp(cfg: T5Config) -> GatedMLP:
@@ -63,14 +87,17 @@ class EncoderLayer(nn.Module):
     scanned: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, bias: Array, mask: Array | None) -> Any:
+    def __call__(self, carry: Any, bias: Array | None, mask: Array | None, positions: Array) -> Any:
         cfg, det = self.cfg, self.deterministic
+        x, scores = split_carry(carry)
         drop = nn.Dropout(cfg.dropout_rate)
-        h = _attention(cfg, "attention")(_norm(cfg, "attention_norm")(x), bias=bias, mask=mask, deterministic=det)
+        h, scores = _attend(_attention(cfg, "attention"), _norm(cfg, "attention_norm")(x), scores, 0, bias=bias,
+                            mask=mask, deterministic=det, positions=positions)
         x = constrain(x + drop(h, deterministic=det), EDGE)
         h = _mlp(cfg)(_norm(cfg, "mlp_norm")(x), deterministic=det)
         x = constrain(x + drop(h, deterministic=det), EDGE)
-        return (x, None) if self.scanned else x
+        carry = join_carry(x, scores)
+        return (carry, None) if self.scanned else carry
 
 
 class DecoderLayer(nn.Module):
@@ -82,44 +109,22 @@ class DecoderLayer(nn.Module):
     scanned: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, encoded: Array, self_bias: Array, self_mask: Array | None,
-                 cross_bias: Array | None, cross_mask: Array | None) -> Any:
+    def __call__(self, carry: Any, encoded: Array, self_bias: Array | None, self_mask: Array | None,
+                 cross_bias: Array | None, cross_mask: Array | None, positions: Array) -> Any:
         cfg, det = self.cfg, self.deterministic
+        x, scores = split_carry(carry)  # RealFormer: (self-attention scores, cross-attention scores)
         drop = nn.Dropout(cfg.dropout_rate)
-        h = _attention(cfg, "self_attention")(
-            _norm(cfg, "self_attention_norm")(x), bias=self_bias, mask=self_mask, deterministic=det,
-            decode=self.decode)
+        h, scores = _attend(_attention(cfg, "self_attention"), _norm(cfg, "self_attention_norm")(x), scores, 0,
+                            bias=self_bias, mask=self_mask, deterministic=det, decode=self.decode,
+                            positions=positions)
         x = constrain(x + drop(h, deterministic=det), EDGE)
-        h = _attention(cfg, "cross_attention")(
-            _norm(cfg, "cross_attention_norm")(x), memory=encoded, bias=cross_bias, mask=cross_mask,
-            deterministic=det, decode=self.decode)
+        h, scores = _attend(_attention(cfg, "cross_attention"), _norm(cfg, "cross_attention_norm")(x), scores, 1,
+                            memory=encoded, bias=cross_bias, mask=cross_mask, deterministic=det, decode=self.decode)
         x = constrain(x + drop(h, deterministic=det), EDGE)
         h = _mlp(cfg)(_norm(cfg, "mlp_norm")(x), deterministic=det)
         x = constrain(x + drop(h, deterministic=det), EDGE)
-        return (x, None) if self.scanned else x
-
-
-def _run_layers(parent: nn.Module, layer_cls: type[nn.Module], n: int, x: Array, args: tuple,
-                **layer_kwargs: Any) -> Array:
-    """Apply n layers, unrolled (params `layers_i`) or with nn.scan (params stacked under `layers`)."""
-    cfg: T5Config = parent.cfg  # type: ignore[attr-defined]
-    cls = layer_cls
-    if cfg.remat:
-        cls = nn.remat(cls, prevent_cse=not cfg.scan_layers)
-    if cfg.scan_layers:
-        scanned = nn.scan(
-            cls,
-            variable_axes={"params": 0, "cache": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * len(args),
-            length=n,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
-        x, _ = scanned(cfg, scanned=True, name="layers", **layer_kwargs)(x, *args)
-        return x
-    for i in range(n):
-        x = cls(cfg, name=f"layers_{i}", **layer_kwargs)(x, *args)
-    return x
+        carry = join_carry(x, scores)
+        return (carry, None) if self.scanned else carry
 
 
 class Encoder(nn.Module):
@@ -134,12 +139,12 @@ class Encoder(nn.Module):
         x = nn.Dropout(cfg.dropout_rate)(self.shared(ids), deterministic=deterministic)
         x = constrain(x, EDGE)
         n = ids.shape[1]
-        bias = RelativePositionBias(cfg.relative_buckets, cfg.relative_max_distance, cfg.num_heads, True,
-                                    stddev=cfg.initializer_factor * cfg.d_model**-0.5,
-                                    param_dtype=dtype_of(cfg.param_dtype), name="relpos_bias")(n, n)
+        relpos = _relative_bias(cfg, bidirectional=True)
+        bias = None if relpos is None else relpos(n, n)
         attn_mask = padding_mask(mask, mask)
-        x = _run_layers(self, EncoderLayer, cfg.num_encoder_layers, x, (bias, attn_mask),
-                        deterministic=deterministic)
+        scores = initial_scores(cfg, ids.shape[0], n, n)
+        x = run_layers(self, EncoderLayer, cfg.num_encoder_layers, x, (bias, attn_mask, jnp.arange(n)[None, :]),
+                       scores, deterministic=deterministic)
         x = _norm(cfg, "final_norm")(x)
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -167,18 +172,20 @@ class Decoder(nn.Module):
                 self.variable("cache", "key_slots", lambda: jnp.zeros((q_len,), jnp.bool_))
         x = nn.Dropout(cfg.dropout_rate)(self.shared(ids), deterministic=deterministic)
         x = constrain(x, EDGE)
-        relpos = RelativePositionBias(cfg.relative_buckets, cfg.relative_max_distance, cfg.num_heads, False,
-                                      stddev=cfg.initializer_factor * cfg.d_model**-0.5,
-                                      param_dtype=dtype_of(cfg.param_dtype), name="relpos_bias")
-        self_bias = relpos(q_len, k_len, offset)
+        relpos = _relative_bias(cfg, bidirectional=False)
+        self_bias = None if relpos is None else relpos(q_len, k_len, offset)
         self_mask = causal_mask(q_len, k_len, offset)
         if decoder_mask is not None and not decode:
             self_mask = combine(self_mask, key_padding_mask(decoder_mask, q_len))
-        cross_bias = relpos(q_len, encoded.shape[1], offset) if cfg.cross_attention_bias else None
+        cross_bias = None
+        if cfg.cross_attention_bias and relpos is not None:
+            cross_bias = relpos(q_len, encoded.shape[1], offset)
         cross_mask = key_padding_mask(encoder_mask, q_len)
-        x = _run_layers(self, DecoderLayer, cfg.num_decoder_layers, x,
-                        (encoded, self_bias, self_mask, cross_bias, cross_mask),
-                        deterministic=deterministic, decode=decode)
+        positions = offset + jnp.arange(q_len)[None, :]
+        scores = initial_scores(cfg, ids.shape[0], q_len, k_len, encoded.shape[1])
+        x = run_layers(self, DecoderLayer, cfg.num_decoder_layers, x,
+                       (encoded, self_bias, self_mask, cross_bias, cross_mask, positions), scores,
+                       deterministic=deterministic, decode=decode)
         x = _norm(cfg, "final_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if cfg.logits_scaled:
