@@ -28,7 +28,7 @@ from t5pegasus.training.metrics import MetricsLog, platform_peak, step_flops
 from t5pegasus.training.objectives import Objective, batch_lengths, make_objective, to_model_batch
 from t5pegasus.training.optim import make_optimizer
 from t5pegasus.training.runconfig import RunConfig, resume_mismatches
-from t5pegasus.training.state import TrainState, init_state, state_shardings
+from t5pegasus.training.state import TrainState, init_state, state_from_params, state_shardings
 from t5pegasus.training.step import jit_train_step, make_eval_step, make_train_step
 
 
@@ -105,8 +105,15 @@ def _global_batch(local: dict[str, np.ndarray], sharding: Any) -> dict[str, jax.
 
 
 def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | None = None,
-          say: Callable[[str], None] | None = None, keep_state: bool = False) -> RunResult:
-    """Run (or resume) the pretraining job `cfg`; returns where it ended and its last metrics."""
+          say: Callable[[str], None] | None = None, keep_state: bool = False,
+          initial_params: Callable[[], Any] | None = None,
+          eval_hook: Callable[[int, TrainState], dict[str, float]] | None = None) -> RunResult:
+    """Run (or resume) the training job `cfg`; returns where it ended and its last metrics.
+
+    `initial_params()` (fine-tuning) gives the weights to start from when there is no checkpoint to resume
+    (instead of a random init); `eval_hook(step, state)` runs at every evaluation step, after the held-out
+    loss, and its metrics are logged with it.
+    """
     d = cfg.distributed
     maybe_initialize(d.coordinator, d.num_processes, d.process_id, d.local_device_ids)
     lead = jax.process_index() == 0
@@ -147,6 +154,8 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
             state, data_state = ckpt.restore(latest, abstract, shardings)
             train_it.set_state(data_state)
             say(f"resuming {run_dir.name} from step {latest} ({run_dir / 'checkpoints' / str(latest)})")
+        elif initial_params is not None:
+            state = state_from_params(initial_params(), tx, momentum, cfg.seed, abstract, shardings)
         else:
             state = init_state(init_params, tx, momentum, cfg.seed, shardings)
         step_fn = jit_train_step(make_train_step(objective, tx, schedule, accumulate=cfg.optim.accumulate,
@@ -171,7 +180,7 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
         try:
             with _StopSignals() as stop:
                 _loop(cfg, state, start, step_fn, eval_fn, train_it, data, objective, bsh, ckpt, log, flops, peak,
-                      result, stop, lengths, keep_state)
+                      result, stop, lengths, keep_state, eval_hook)
         finally:
             ckpt.close()
             log.close()
@@ -189,7 +198,8 @@ def _global_shapes(batch: dict[str, np.ndarray], global_batch: int) -> dict[str,
 
 def _loop(cfg: RunConfig, state: TrainState, start: int, step_fn: Callable, eval_fn: Callable, train_it: Any,
           data: Any, objective: Objective, bsh: Any, ckpt: Checkpointer, log: MetricsLog, flops: float,
-          peak: float, result: RunResult, stop: _StopSignals, lengths: dict[str, int], keep_state: bool) -> None:
+          peak: float, result: RunResult, stop: _StopSignals, lengths: dict[str, int], keep_state: bool,
+          eval_hook: Callable[[int, TrainState], dict[str, float]] | None = None) -> None:
     from t5pegasus.training.data import loader
 
     every = cfg.train.log_every
@@ -241,8 +251,10 @@ def _loop(cfg: RunConfig, state: TrainState, start: int, step_fn: Callable, eval
             log.write(step, "train", values)
             result.last_train = values
             window_start, window_steps, window_tokens, acc = time.perf_counter(), 0, 0.0, {}
-        if data.eval is not None and cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.train.steps):
-            result.last_eval = _evaluate(cfg, state, eval_fn, data, objective, bsh, lengths, loader)
+        if (data.eval is not None or eval_hook) and cfg.eval.every and (step % cfg.eval.every == 0
+                                                                         or step == cfg.train.steps):
+            values = _evaluate(cfg, state, eval_fn, data, objective, bsh, lengths, loader) if data.eval else {}
+            result.last_eval = {**values, **(eval_hook(step, state) if eval_hook else {})}
             log.write(step, "eval", result.last_eval)
         if step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop.received:
             ckpt.save(state, train_it.get_state(), force=True)

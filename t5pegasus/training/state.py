@@ -109,3 +109,36 @@ def init_state(init_params: Callable[[Array], Any], tx: optax.GradientTransforma
         return state.replace(rng=jax.random.fold_in(base, 1))
 
     return jax.jit(make, out_shardings=shardings)()
+
+
+def state_from_params(params: Any, tx: optax.GradientTransformation, ema_momentum: float, seed: int,
+                      abstract: TrainState, shardings: TrainState) -> TrainState:
+    """A fresh state (step 0, new moments and EMA) around given `params` (fine-tuning from a trained model),
+    placed by `shardings`. `params` must have the abstract state's parameter paths, shapes and dtypes (any
+    nesting of dicts); a mismatch is a UserError listing the differences."""
+    import numpy as np
+
+    from t5pegasus.errors import UserError
+
+    given = {_path_names(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(unbox(params))}
+    wanted = jax.tree_util.tree_leaves_with_path(abstract.params)
+    problems = [f"{'/'.join(_path_names(p))} missing" for p, _ in wanted if _path_names(p) not in given]
+    problems += [f"{'/'.join(_path_names(p))} is {tuple(np.shape(given[_path_names(p)]))}, the model needs "
+                 f"{tuple(a.shape)}" for p, a in wanted
+                 if _path_names(p) in given and tuple(np.shape(given[_path_names(p)])) != tuple(a.shape)]
+    extra = set(given) - {_path_names(p) for p, _ in wanted}
+    problems += [f"{'/'.join(k)} is not a parameter of the model" for k in sorted(extra)]
+    if problems:
+        raise UserError(f"the initial weights do not fit the model ({len(problems)} difference(s): "
+                        f"{'; '.join(problems[:5])})")
+    leaves = [np.asarray(given[_path_names(p)], a.dtype) for p, a in wanted]
+    placed = jax.device_put(jax.tree.unflatten(jax.tree.structure(abstract.params), leaves), shardings.params)
+
+    def make(p: Any) -> TrainState:
+        ema = ema_transform(ema_momentum).init(p) if ema_momentum > 0 else None
+        zero = jnp.zeros((), jnp.int32)
+        rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+        return TrainState(step=zero, params=p, opt_state=tx.init(p), ema=ema, rng=rng, bad_in_a_row=zero,
+                          skipped=zero)
+
+    return jax.jit(make, in_shardings=(shardings.params,), out_shardings=shardings)(placed)

@@ -1,0 +1,169 @@
+"""Supervised pairs: reading JSONL / TSV files, tokenizing them, and storing them as prepared datasets.
+
+Files: JSON lines `{"src": ..., "tgt": ...}` (`.jsonl` / `.json`, or any file whose first line starts with
+`{`), or TSV lines `title<TAB>content` (source = content, target = title). Blank lines are skipped; any other
+malformed line is a UserError naming the file and line.
+
+Stored examples reuse the pretraining layouts, so the training loop, its grain loader, sharding and resume
+work unchanged:
+  seq2seq (T5):      source = [CLS] src [SEP], target = [CLS] tgt [SEP]  (`src </s>`, `tgt </s>` for mT5)
+  prompt (GPT, UniLM): the `unilm` layout, ids = [CLS] src [SEP] tgt [SEP] with segment ids 0 / 1. The UniLM
+      objective reads it as is; the GPT `lm` objective reads `ids`, `targets` (ids shifted) and `weights`,
+      which the loader sets to 1 only where the next token is target text, so the loss covers the target only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from t5pegasus.errors import UserError
+from t5pegasus.text.base import Tokenizer
+
+# objective -> stored task of the prepared dataset
+LAYOUT = {"seq2seq": "seq2seq", "lm": "unilm", "unilm": "unilm"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    src: str
+    tgt: str
+
+
+def _is_jsonl(path: Path, first_line: str) -> bool:
+    return path.suffix.lower() in (".jsonl", ".json", ".ndjson") or first_line.lstrip().startswith("{")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of the non-blank lines; bad UTF-8 is a UserError naming the line."""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist (expected a JSONL file of {{\"src\", \"tgt\"}} or a TSV file "
+                        f"of title<TAB>content lines)")
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{number}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            if number == 1:
+                line = line.lstrip("\ufeff")
+            if line.strip():
+                yield number, line
+
+
+def _json_pair(path: Path, number: int, line: str, need_target: bool) -> Pair:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{number}: not valid JSON ({e.msg}); each line must be "
+                        f"{{\"src\": \"...\", \"tgt\": \"...\"}}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}:{number}: expected a JSON object with \"src\" and \"tgt\", got "
+                        f"{type(value).__name__}")
+    keys = ("src", "tgt") if need_target else ("src",)
+    for key in keys:
+        if not isinstance(value.get(key), str):
+            what = "is missing" if key not in value else f"is a {type(value[key]).__name__}, not a string"
+            raise UserError(f"{path}:{number}: key {key!r} {what} (keys here: {', '.join(map(str, value)) or 'none'})")
+    tgt = value.get("tgt", "")
+    if not isinstance(tgt, str):
+        tgt = ""
+    if not value["src"].strip() or (need_target and not tgt.strip()):
+        raise UserError(f"{path}:{number}: empty {'src' if not value['src'].strip() else 'tgt'}")
+    return Pair(value["src"], tgt)
+
+
+def _tsv_pair(path: Path, number: int, line: str, need_target: bool) -> Pair:
+    title, tab, content = line.partition("\t")
+    if not tab:
+        if not need_target:
+            return Pair(line, "")
+        raise UserError(f"{path}:{number}: no tab; TSV lines are title<TAB>content (or use JSONL with "
+                        f"\"src\" and \"tgt\")")
+    if not content.strip() or (need_target and not title.strip()):
+        raise UserError(f"{path}:{number}: empty {'content' if not content.strip() else 'title'}")
+    return Pair(content, title)
+
+
+def parse_pairs(lines: Sequence[tuple[int, str]], where: str | os.PathLike, *, need_target: bool = True) -> list[Pair]:
+    """Pairs of numbered non-blank lines (JSONL when the name ends in .jsonl/.json or the first line starts
+    with `{`, else TSV); errors name `where` and the line number."""
+    if not lines:
+        raise UserError(f"{where} holds no examples (it is empty)")
+    parse = _json_pair if _is_jsonl(Path(where), lines[0][1]) else _tsv_pair
+    return [parse(Path(where), number, line, need_target) for number, line in lines]
+
+
+def read_pairs(path: str | os.PathLike, *, need_target: bool = True) -> list[Pair]:
+    """All (source, target) pairs of a JSONL or TSV file. With `need_target=False` (inputs for generation) a
+    JSONL line may omit "tgt" and a TSV line without a tab is a source alone."""
+    return parse_pairs(list(_lines(Path(path))), path, need_target=need_target)
+
+
+# -- tokenized examples --------------------------------------------------------------------------------------------
+
+
+def source_ids(tok: Tokenizer, text: str, max_source_len: int) -> list[int]:
+    """`[CLS] src [SEP]` (`src </s>` without a bos token), truncated to `max_source_len` tokens."""
+    return tok.add_special(tok.encode(text), max_source_len)
+
+
+def seq2seq_example(tok: Tokenizer, pair: Pair, max_source_len: int, max_target_len: int) -> dict[str, np.ndarray]:
+    """A T5 example: source and target, each wrapped in the tokenizer's special tokens."""
+    return {"source": np.asarray(source_ids(tok, pair.src, max_source_len), np.int32),
+            "target": np.asarray(tok.add_special(tok.encode(pair.tgt), max_target_len), np.int32)}
+
+
+def prompt_example(tok: Tokenizer, pair: Pair, max_source_len: int, max_target_len: int) -> dict[str, np.ndarray]:
+    """A GPT / UniLM example: `[CLS] src [SEP] tgt [SEP]` with segment ids 0 (source) and 1 (target);
+    the target part (its end token included) has at most `max_target_len` tokens."""
+    src = source_ids(tok, pair.src, max_source_len)
+    tgt = tok.encode(pair.tgt)[: max(0, max_target_len - 1)] + [tok.eos_id]
+    seg = [0] * len(src) + [1] * len(tgt)
+    return {"ids": np.asarray(src + tgt, np.int32), "segment_ids": np.asarray(seg, np.int32)}
+
+
+def make_examples(tok: Tokenizer, pairs: Sequence[Pair], objective: str, max_source_len: int,
+                  max_target_len: int) -> Iterator[dict[str, np.ndarray]]:
+    """Tokenized examples of `pairs` in the layout `objective` trains on (see the module docstring)."""
+    make = seq2seq_example if LAYOUT[objective] == "seq2seq" else prompt_example
+    for pair in pairs:
+        yield make(tok, pair, max_source_len, max_target_len)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def prepare_pairs(path: str | os.PathLike, folder: str | os.PathLike, tok: Tokenizer, tokenizer_spec: dict[str, Any],
+                  objective: str, max_source_len: int, max_target_len: int) -> Path:
+    """The prepared dataset of a pair file, under `folder/<stem>-<hash of file, tokenizer, layout, lengths>`,
+    written once (atomically) and reused when it already exists."""
+    from t5pegasus.pretrain.builder import write_dataset
+
+    path = Path(path)
+    task = LAYOUT[objective]
+    key = json.dumps({"file": file_digest(path), "tokenizer": tokenizer_spec["path"], "kind": tokenizer_spec["kind"],
+                      "task": task, "src": max_source_len, "tgt": max_target_len}, sort_keys=True)
+    out = Path(folder) / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if (out / "t5pegasus.json").is_file():
+        return out
+    pairs = read_pairs(path)
+    config = {"task": task, "max_source_len": max_source_len, "max_target_len": max_target_len,
+              "max_len": max_source_len + max_target_len}
+    metadata = {"inputs": [str(path.resolve())], "tokenizer": tokenizer_spec, "config": config,
+                "stats": {"pairs read": len(pairs), "examples": len(pairs)}}
+    write_dataset(out, task, lambda: make_examples(tok, pairs, objective, max_source_len, max_target_len),
+                  lambda: metadata, overwrite=True)
+    return out

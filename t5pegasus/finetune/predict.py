@@ -1,0 +1,128 @@
+"""Texts in, generated texts out: tokenize sources, batch them in a few fixed shapes, decode, detokenize.
+
+Shapes are bucketed (rows: the batch size, or fewer for a short input list, rounded up to `row_multiple`;
+source length: the next power of two, at most the limit) so a long evaluation compiles the decoding loop once
+or twice, not once per batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from t5pegasus.config import ConfigBase
+from t5pegasus.decoding import GPTDecoding, Settings, T5Decoding, UniLMDecoding
+from t5pegasus.errors import UserError
+from t5pegasus.text.base import Tokenizer
+
+MIN_BUCKET = 8
+
+
+def decoding_model(cfg: ConfigBase) -> Any:
+    """The decoding adapter of a model config: T5 seq2seq, GPT continuation, or UniLM (BERT) seq2seq."""
+    if cfg.family == "t5":
+        return T5Decoding(cfg)
+    if cfg.family == "gpt":
+        return GPTDecoding(cfg)
+    if getattr(cfg, "attention", None) != "unilm" or not getattr(cfg, "with_mlm", False):
+        raise UserError("this BERT model cannot generate: it needs attention='unilm' and an MLM head (UniLM)")
+    return UniLMDecoding(cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabLimited:
+    """A decoding model whose logits beyond the tokenizer's vocabulary are masked out: trained models round
+    their embedding table up (to a multiple of 128), and those extra ids are no text."""
+
+    inner: Any
+    vocab_size: int
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.inner.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.inner.pad_token_id
+
+    def start(self, params: Any, inputs: dict[str, Any], copies: int, max_new_tokens: int) -> Any:
+        return self.inner.start(params, inputs, copies, max_new_tokens)
+
+    def step(self, params: Any, state: Any, ids: Any) -> tuple[Any, Any]:
+        import jax.numpy as jnp
+
+        logits, state = self.inner.step(params, state, ids)
+        keep = jnp.arange(logits.shape[-1]) < self.vocab_size
+        return jnp.where(keep, logits, -jnp.inf), state
+
+    def reorder(self, state: Any, index: Any) -> Any:
+        return self.inner.reorder(state, index)
+
+
+def _bucket(n: int, limit: int) -> int:
+    size = MIN_BUCKET
+    while size < n:
+        size *= 2
+    return min(size, limit)
+
+
+class Predictor:
+    """Generate for source texts with a model's params and tokenizer (sources truncated to `max_source_len`)."""
+
+    def __init__(self, cfg: ConfigBase, params: Any, tokenizer: Tokenizer, *, max_source_len: int = 512,
+                 batch_size: int = 16, row_multiple: int = 1) -> None:
+        self.cfg, self.params, self.tok = cfg, params, tokenizer
+        self.model = decoding_model(cfg)
+        if tokenizer.vocab_size < cfg.vocab_size:
+            self.model = VocabLimited(self.model, tokenizer.vocab_size)
+        self.max_source_len = max_source_len
+        self.batch_size = max(1, batch_size)
+        self.row_multiple = max(1, row_multiple)
+
+    def _source_limit(self, settings: Settings) -> int:
+        limit = self.max_source_len
+        positions = getattr(self.cfg, "max_position_embeddings", None)
+        if self.cfg.family != "t5" and positions is not None:
+            limit = min(limit, positions - settings.max_new_tokens)
+            if limit < 3:
+                raise UserError(f"the model has {positions} positions: no room for a source and "
+                                f"{settings.max_new_tokens} new tokens; lower the maximum length")
+        return limit
+
+    def _inputs(self, sources: Sequence[str], rows: int, limit: int) -> dict[str, np.ndarray]:
+        tok = self.tok
+        ids = [tok.add_special(x, limit) for x in tok.encode_batch(list(sources))]
+        ids += [tok.add_special([], limit)] * (rows - len(ids))  # filler rows, dropped after decoding
+        width = _bucket(max(len(x) for x in ids), limit)
+        out = np.full((rows, width), tok.pad_id, np.int32)
+        mask = np.zeros((rows, width), bool)
+        for i, row in enumerate(ids):
+            out[i, : len(row)] = row
+            mask[i, : len(row)] = True
+        key = "prompt" if self.cfg.family == "gpt" else "source"
+        return {f"{key}_ids": out, f"{key}_mask": mask}
+
+    def batches(self, sources: Sequence[str], settings: Settings, seed: int = 0) -> Iterator[list[list[str]]]:
+        """Per batch of sources: for each, its `num_return_sequences` generated texts (best first for beams)."""
+        import jax
+
+        from t5pegasus.decoding import generate
+
+        limit = self._source_limit(settings)
+        rows = min(self.batch_size, len(sources))
+        rows = -(-rows // self.row_multiple) * self.row_multiple
+        key = jax.random.key(seed)
+        for b, start in enumerate(range(0, len(sources), self.batch_size)):
+            chunk = sources[start : start + self.batch_size]
+            out = generate(self.model, self.params, self._inputs(chunk, rows, limit), settings,
+                           seed=jax.random.fold_in(key, b))
+            tokens, lengths = jax.device_get((out.tokens, out.lengths))
+            yield [[self.tok.decode(tokens[i, j, : lengths[i, j]]) for j in range(tokens.shape[1])]
+                   for i in range(len(chunk))]
+
+    def __call__(self, sources: Sequence[str], settings: Settings, seed: int = 0) -> list[list[str]]:
+        """For each source, its generated texts."""
+        return [texts for batch in self.batches(sources, settings, seed) for texts in batch]

@@ -1,0 +1,260 @@
+"""Fine-tuning through the training loop: init weights from a model folder, pair files as prepared datasets,
+generation on the dev set at every evaluation (ROUGE / BLEU), and the best model kept in `<out>/best/`.
+
+Everything the loop gives carries over: sharding rules, checkpoints, resume by rerunning the same command
+(the datasets, config and best-so-far are found again in the output folder), EMA, metrics.jsonl / TensorBoard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from t5pegasus.decoding import Settings
+from t5pegasus.errors import UserError
+from t5pegasus.fileio import write_text
+from t5pegasus.finetune.data import LAYOUT, Pair, prepare_pairs, read_pairs
+from t5pegasus.finetune.metrics import METRICS
+from t5pegasus.finetune.model_dir import INFO_FILE, LoadedModel, align_special_ids, find_tokenizer, load_model
+
+OBJECTIVE_OF_FAMILY = {"t5": "seq2seq", "gpt": "lm", "bert": "unilm"}
+FAMILY_OF_OBJECTIVE = {v: k for k, v in OBJECTIVE_OF_FAMILY.items()}
+BEST = "best"
+METRICS_FILE = "metrics.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneSpec:
+    """What `t5pegasus finetune` was asked to do (its command-line options)."""
+
+    init: str
+    train: str
+    dev: str
+    output: str
+    objective: str | None = None  # default: seq2seq (T5), lm (GPT), unilm (BERT)
+    ema: bool = False  # start from the init run's EMA weights
+    tokenizer: str | None = None
+    steps: int = 1000
+    batch_size: int = 16
+    learning_rate: float = 2e-4
+    warmup_steps: int = 0
+    max_source_len: int | None = None
+    max_target_len: int | None = None
+    eval_every: int = 200
+    eval_limit: int = 0  # generate on the first N dev pairs (0 = all)
+    eval_batch_size: int | None = None
+    metric: str = "rouge-l"
+    settings: Settings | None = None  # decoding at evaluation (default greedy) ...
+    max_new_tokens: int | None = None  # ... with at most this many new tokens (default: the max target length)
+    seed: int = 0
+    overrides: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    run_dir: Path
+    best_dir: Path | None
+    best: dict[str, Any] | None  # the best model's metrics.json
+    run: Any  # t5pegasus.training.loop.RunResult
+
+
+def _has_checkpoint(out: Path) -> bool:
+    folder = out / "checkpoints"
+    return folder.is_dir() and any(p.name.isdigit() and (p / "state").is_dir() for p in folder.iterdir())
+
+
+def _lengths(spec: FinetuneSpec, cfg: Any) -> tuple[int, int]:
+    """(max source, max target) tokens: given, or 512/128 for T5; GPT/BERT fit their position table."""
+    positions = getattr(cfg, "max_position_embeddings", None)
+    if positions is None:
+        return spec.max_source_len or 512, spec.max_target_len or 128
+    target = spec.max_target_len or min(128, positions // 4)
+    source = spec.max_source_len or positions - target
+    if source + target > positions:
+        raise UserError(f"--max-source-len {source} + --max-target-len {target} exceed the model's {positions} "
+                        f"positions")
+    return source, target
+
+
+def _model_dict(cfg: Any, objective: str) -> dict[str, Any]:
+    values = cfg.to_dict()
+    values.pop("dtype")  # the run config's train.dtype decides the compute dtype
+    if objective == "unilm":
+        values["attention"] = "unilm"  # UniLM fine-tuning of a plain BERT: same weights, seq2seq mask
+    return values
+
+
+def _run_config(spec: FinetuneSpec, out: Path, model: dict[str, Any], objective: str, datasets: tuple[Path, Path],
+                lengths: tuple[int, int]) -> Any:
+    from t5pegasus.training import runconfig
+
+    source, target = lengths
+    base = {
+        "name": out.name, "output_dir": str(out.parent), "seed": spec.seed, "model": model,
+        "data": {"dataset": str(datasets[0]), "eval_dataset": str(datasets[1]), "task": LAYOUT[objective],
+                 "max_source_len": source, "max_target_len": target, "max_len": source + target,
+                 "batch_size": spec.batch_size},
+        "objective": {"kind": objective},
+        "optim": {"name": "adamw", "learning_rate": spec.learning_rate, "schedule": "piecewise",
+                  "warmup_steps": spec.warmup_steps, "weight_decay": 0.01, "clip": 1.0},
+        "train": {"steps": spec.steps, "log_every": max(1, min(10, spec.eval_every))},
+        "checkpoint": {"every": spec.eval_every, "keep": 2},
+        "eval": {"every": spec.eval_every, "batches": 4},
+    }  # fmt: skip
+    return runconfig.from_dict(runconfig.merge(base, runconfig.parse_overrides(list(spec.overrides))))
+
+
+class BestKeeper:
+    """Saves `<out>/best/` when the chosen metric beats the best so far (read back from its metrics.json,
+    so a resumed run keeps comparing against what is on disk)."""
+
+    def __init__(self, out: Path, metric: str) -> None:
+        self.folder = out / BEST
+        self.metric = metric
+        saved = read_best(self.folder)
+        self.value = None if saved is None else saved.get("metrics", {}).get(metric)
+        self.step = None if saved is None else saved.get("step")
+
+    def better(self, metrics: dict[str, float]) -> bool:
+        return self.value is None or metrics[self.metric] > self.value
+
+    def save(self, step: int, params: Any, cfg: Any, tokenizer_path: Path, info: dict[str, Any],
+             metrics: dict[str, float]) -> None:
+        record = {"step": step, "metric": self.metric, "value": metrics[self.metric], "metrics": metrics}
+        save_model_dir(self.folder, step, params, cfg, tokenizer_path, info, record)
+        self.value, self.step = metrics[self.metric], step
+
+
+def read_best(folder: Path) -> dict[str, Any] | None:
+    path = folder / METRICS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _sync(name: str) -> None:
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def save_model_dir(folder: Path, step: int, params: Any, cfg: Any, tokenizer_path: Path, info: dict[str, Any],
+                   metrics: dict[str, Any]) -> None:
+    """A self-contained model folder in the run layout (`t5pegasus convert` reads it as a run): model_config.json,
+    checkpoints/<step>/state (orbax, params only), the tokenizer file and tokenizer.txt naming it, finetune.json,
+    metrics.json. Built beside `folder` and swapped in by renames (as `fileio.atomic_dir`), so a reader sees the
+    old or the new model, never a half-written one. Every process takes part (orbax writes sharded arrays)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    lead = jax.process_index() == 0
+    tmp = folder.with_name(f".{folder.name}.tmp")  # one name for every process
+    if lead:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _sync("t5pegasus best: clean")
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save((tmp / "checkpoints" / str(step) / "state").absolute(), {"params": params})
+    if lead:
+        name = "spiece.model" if tokenizer_path.suffix == ".model" else "vocab.txt"
+        shutil.copyfile(tokenizer_path, tmp / name)
+        write_text(tmp / "tokenizer.txt", str((folder / name).absolute()) + "\n")
+        cfg.save(tmp / "model_config.json")
+        write_text(tmp / INFO_FILE, json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+        write_text(tmp / METRICS_FILE, json.dumps(metrics, ensure_ascii=False, indent=2) + "\n")
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    _sync("t5pegasus best: written")
+
+
+def _start(spec: FinetuneSpec, out: Path, say: Callable[[str], None]) -> tuple[LoadedModel, bool]:
+    """The model to fine-tune: on a resume, the run's own config and tokenizer (no weights needed);
+    otherwise the init folder's config, weights and tokenizer."""
+    from t5pegasus.config import load_config
+    from t5pegasus.finetune.model_dir import read_info
+    from t5pegasus.text.load import load_tokenizer
+
+    if _has_checkpoint(out) and (out / "model_config.json").is_file():
+        info = read_info(out)
+        tok_path = find_tokenizer(out, spec.tokenizer)
+        kind = info.get("tokenizer_kind", "sentencepiece" if tok_path.suffix == ".model" else "wordpiece")
+        tok = load_tokenizer(tok_path, kind=kind)
+        cfg = align_special_ids(load_config(out / "model_config.json"), tok)
+        return LoadedModel(cfg, None, tok, tok_path.resolve(), kind, "run", info), True
+    say(f"loading {spec.init}{' (EMA weights)' if spec.ema else ''}…")
+    return load_model(spec.init, ema=spec.ema, tokenizer=spec.tokenizer), False
+
+
+def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> FinetuneResult:
+    """Run (or resume) a fine-tuning job; returns the run folder, the best model folder and its metrics."""
+    import jax
+
+    from t5pegasus.finetune.predict import Predictor
+    from t5pegasus.text.load import tokenizer_spec
+    from t5pegasus.training.loop import train
+    from t5pegasus.training.state import ema_params
+
+    lead = jax.process_index() == 0
+    say = say or (lambda text: print(text, flush=True) if lead else None)
+    if spec.metric not in METRICS:
+        raise UserError(f"unknown metric {spec.metric!r}; choose one of: {', '.join(METRICS)}")
+    out = Path(spec.output).absolute()
+    dev_pairs = read_pairs(spec.dev)  # read early: a bad file stops before any heavy work
+    loaded, resuming = _start(spec, out, say)
+    cfg, tok = loaded.cfg, loaded.tokenizer
+    objective = spec.objective or OBJECTIVE_OF_FAMILY[cfg.family]
+    if objective not in LAYOUT:
+        raise UserError(f"unknown objective {objective!r}; choose one of: {', '.join(LAYOUT)}")
+    if FAMILY_OF_OBJECTIVE[objective] != cfg.family:
+        raise UserError(f"objective {objective} trains a {FAMILY_OF_OBJECTIVE[objective]} model; {spec.init} holds "
+                        f"a {cfg.family} model (use --objective {OBJECTIVE_OF_FAMILY[cfg.family]})")
+    lengths = _lengths(spec, cfg)
+    tok_spec = tokenizer_spec(loaded.tokenizer_path, tok, loaded.tokenizer_kind)
+    data_dir = out / "data"
+    datasets = tuple(prepare_pairs(f, data_dir, tok, tok_spec, objective, *lengths) for f in (spec.train, spec.dev))
+    run_cfg = _run_config(spec, out, _model_dict(cfg, objective), objective, datasets, lengths)
+    model_cfg = run_cfg.model_config()
+    settings = (spec.settings or Settings()).replace(max_new_tokens=spec.max_new_tokens or lengths[1])
+    info = {"init": str(spec.init), "train": str(Path(spec.train).absolute()), "dev": str(Path(spec.dev).absolute()),
+            "objective": objective, "max_source_len": lengths[0], "max_target_len": lengths[1],
+            "tokenizer_kind": loaded.tokenizer_kind, "metric": spec.metric,
+            "decoding": dataclasses.asdict(settings)}
+    if lead:
+        write_text(out / INFO_FILE, json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+    keeper = BestKeeper(out, spec.metric)
+    dev_eval: list[Pair] = dev_pairs[: spec.eval_limit] if spec.eval_limit else dev_pairs
+    momentum = run_cfg.optim.ema
+
+    def evaluate(step: int, state: Any) -> dict[str, float]:
+        from t5pegasus.finetune.metrics import score
+
+        params = ema_params(state, momentum) if run_cfg.eval.use_ema and momentum else state.params
+        predictor = Predictor(model_cfg, params, tok, max_source_len=lengths[0],
+                              batch_size=spec.eval_batch_size or spec.batch_size, row_multiple=jax.device_count())
+        predictions = [texts[0] for texts in predictor([p.src for p in dev_eval], settings, seed=spec.seed)]
+        metrics = score(predictions, [p.tgt for p in dev_eval])
+        improved = keeper.better(metrics)
+        if improved:
+            keeper.save(step, params, model_cfg, loaded.tokenizer_path, info, metrics)
+        say(f"step {step} dev ({len(dev_eval)} pairs): " + " ".join(f"{k}={v:.2f}" for k, v in metrics.items())
+            + (f"; new best {spec.metric}, saved {keeper.folder}" if improved
+               else f"; best {spec.metric} {keeper.value:.2f} at step {keeper.step}"))
+        return {**metrics, f"best_{spec.metric}": float(keeper.value)}
+
+    def initial_params() -> Any:  # handed over once, so the loaded copy is freed when the state holds it
+        params, loaded.params = loaded.params, None
+        return params
+
+    if resuming:
+        say(f"resuming the fine-tuning run in {out}")
+    run = train(run_cfg, say=say, initial_params=None if resuming else initial_params, eval_hook=evaluate)
+    best = read_best(keeper.folder)
+    return FinetuneResult(out, keeper.folder if best else None, best, run)
