@@ -147,19 +147,20 @@ def file_digest(path: str | os.PathLike) -> str:
 
 
 def prepare_pairs(path: str | os.PathLike, folder: str | os.PathLike, tok: Tokenizer, tokenizer_spec: dict[str, Any],
-                  objective: str, max_source_len: int, max_target_len: int) -> Path:
-    """The prepared dataset of a pair file, under `folder/<stem>-<hash of file, tokenizer, layout, lengths>`,
-    written once (atomically) and reused when it already exists."""
+                  objective: str, max_source_len: int, max_target_len: int,
+                  pairs: Sequence[Pair] | None = None) -> Path:
+    """The prepared dataset of a pair file (`pairs`: its contents, when already read), under
+    `folder/<stem>-<hash of file, tokenizer, layout, lengths>`, written once (atomically) and reused."""
     from t5pegasus.pretrain.builder import write_dataset
 
     path = Path(path)
+    pairs = read_pairs(path) if pairs is None else pairs
     task = LAYOUT[objective]
     key = json.dumps({"file": file_digest(path), "tokenizer": tokenizer_spec["path"], "kind": tokenizer_spec["kind"],
                       "task": task, "src": max_source_len, "tgt": max_target_len}, sort_keys=True)
     out = Path(folder) / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if (out / "t5pegasus.json").is_file():
         return out
-    pairs = read_pairs(path)
     config = {"task": task, "max_source_len": max_source_len, "max_target_len": max_target_len,
               "max_len": max_source_len + max_target_len}
     metadata = {"inputs": [str(path.resolve())], "tokenizer": tokenizer_spec, "config": config,

@@ -207,7 +207,8 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
     if spec.metric not in METRICS:
         raise UserError(f"unknown metric {spec.metric!r}; choose one of: {', '.join(METRICS)}")
     out = Path(spec.output).absolute()
-    dev_pairs = read_pairs(spec.dev)  # read early: a bad file stops before any heavy work
+    # read both files first: a bad file stops before any heavy work
+    train_pairs, dev_pairs = read_pairs(spec.train), read_pairs(spec.dev)
     loaded, resuming = _start(spec, out, say)
     cfg, tok = loaded.cfg, loaded.tokenizer
     objective = spec.objective or OBJECTIVE_OF_FAMILY[cfg.family]
@@ -219,7 +220,8 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
     lengths = _lengths(spec, cfg)
     tok_spec = tokenizer_spec(loaded.tokenizer_path, tok, loaded.tokenizer_kind)
     data_dir = out / "data"
-    datasets = tuple(prepare_pairs(f, data_dir, tok, tok_spec, objective, *lengths) for f in (spec.train, spec.dev))
+    datasets = tuple(prepare_pairs(f, data_dir, tok, tok_spec, objective, *lengths, pairs=p)
+                     for f, p in ((spec.train, train_pairs), (spec.dev, dev_pairs)))
     run_cfg = _run_config(spec, out, _model_dict(cfg, objective), objective, datasets, lengths)
     model_cfg = run_cfg.model_config()
     settings = (spec.settings or Settings()).replace(max_new_tokens=spec.max_new_tokens or lengths[1])
