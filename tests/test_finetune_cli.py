@@ -152,7 +152,7 @@ def test_rerun_resumes(finetuned):
 
 
 @pytest.mark.parametrize("case", ["missing-train", "bad-dev-line", "unknown-model", "wrong-objective",
-                                  "evaluate-bad-data"])
+                                  "evaluate-bad-data", "no-ema"])
 def test_user_errors_are_one_line(work, case, capsys, tmp_path):
     d = work
     bad = tmp_path / "bad.jsonl"
@@ -166,6 +166,7 @@ def test_user_errors_are_one_line(work, case, capsys, tmp_path):
                           "is not a model folder"),
         "wrong-objective": (base + ["--objective", "lm"], "objective lm trains a gpt model"),
         "evaluate-bad-data": (["evaluate", "--model", str(d / "pre"), "--data", str(bad)], "bad.jsonl:2"),
+        "no-ema": (base + ["--ema"], "kept no EMA of the weights"),
     }[case]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err

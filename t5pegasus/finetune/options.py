@@ -69,5 +69,5 @@ def open_predictor(args: argparse.Namespace) -> tuple[Any, Any]:
     max_source = args.max_source_len or int(info.get("max_source_len", 512))
     settings = settings_from_args(args, int(info.get("max_target_len", 64)))
     predictor = Predictor(loaded.cfg, loaded.params, loaded.tokenizer, max_source_len=max_source,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, continuation="objective" not in info)
     return predictor, settings

@@ -73,8 +73,11 @@ class Predictor:
     """Generate for source texts with a model's params and tokenizer (sources truncated to `max_source_len`)."""
 
     def __init__(self, cfg: ConfigBase, params: Any, tokenizer: Tokenizer, *, max_source_len: int = 512,
-                 batch_size: int = 16, row_multiple: int = 1) -> None:
+                 batch_size: int = 16, row_multiple: int = 1, continuation: bool = False) -> None:
+        """`continuation` (GPT): the prompt is `[bos] text`, continued as a document (a language model that
+        was not fine-tuned on pairs); otherwise sources are wrapped as in fine-tuning (`[CLS] src [SEP]`)."""
         self.cfg, self.params, self.tok = cfg, params, tokenizer
+        self.continuation = continuation and cfg.family == "gpt"
         self.model = decoding_model(cfg)
         if tokenizer.vocab_size < cfg.vocab_size:
             self.model = VocabLimited(self.model, tokenizer.vocab_size)
@@ -94,8 +97,13 @@ class Predictor:
 
     def _inputs(self, sources: Sequence[str], rows: int, limit: int) -> dict[str, np.ndarray]:
         tok = self.tok
-        ids = [tok.add_special(x, limit) for x in tok.encode_batch(list(sources))]
-        ids += [tok.add_special([], limit)] * (rows - len(ids))  # filler rows, dropped after decoding
+        if self.continuation:
+            head = [] if tok.bos_id is None else [tok.bos_id]
+            ids = [head + x[: limit - len(head)] for x in tok.encode_batch(list(sources))]
+            ids = [x or [tok.eos_id] for x in ids]
+        else:
+            ids = [tok.add_special(x, limit) for x in tok.encode_batch(list(sources))]
+        ids += [ids[0]] * (rows - len(ids))  # filler rows, dropped after decoding
         width = _bucket(max(len(x) for x in ids), limit)
         out = np.full((rows, width), tok.pad_id, np.int32)
         mask = np.zeros((rows, width), bool)
