@@ -113,10 +113,10 @@ class BestKeeper:
     """Saves `<out>/best/` when the chosen metric beats the best so far (read back from its metrics.json,
     so a resumed run keeps comparing against what is on disk)."""
 
-    def __init__(self, out: Path, metric: str) -> None:
+    def __init__(self, out: Path, metric: str, *, resuming: bool = True) -> None:
         self.folder = out / BEST
         self.metric = metric
-        saved = read_best(self.folder)
+        saved = read_best(self.folder) if resuming else None  # a fresh start outdoes any leftover best model
         self.value = None if saved is None else saved.get("metrics", {}).get(metric)
         self.step = None if saved is None else saved.get("step")
 
@@ -231,7 +231,7 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
             "decoding": dataclasses.asdict(settings)}
     if lead:
         write_text(out / INFO_FILE, json.dumps(info, ensure_ascii=False, indent=2) + "\n")
-    keeper = BestKeeper(out, spec.metric)
+    keeper = BestKeeper(out, spec.metric, resuming=resuming)
     dev_eval: list[Pair] = dev_pairs[: spec.eval_limit] if spec.eval_limit else dev_pairs
     momentum = run_cfg.optim.ema
 
