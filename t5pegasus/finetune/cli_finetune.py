@@ -54,6 +54,8 @@ def _check(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 3:
             raise UserError(f"--{name.replace('_', '-')} must be at least 3")
+    if args.eval_limit < 0:
+        raise UserError("--eval-limit must be 0 (all dev pairs) or more")
     if args.lr <= 0:
         raise UserError("--lr must be positive")
 
