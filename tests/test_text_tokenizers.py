@@ -105,6 +105,12 @@ def test_decode_drops_specials(tok):
     assert tok.decode(ids + [tok.pad_id] * 3) == "人民日报"
 
 
+def test_decode_glues_full_width_forms(tok):
+    """People's Daily writes years in full-width digits: decoded text has no spaces inside `１９９８年`."""
+    text = "１９９８年１月１日"
+    assert tok.decode(tok.encode(text)) == text
+
+
 def test_vocab_file_round_trip_and_errors(tmp_path, tok):
     save_vocab(tok.tokens, tmp_path / "vocab.txt")
     again = BertJiebaTokenizer(tmp_path / "vocab.txt")

@@ -39,6 +39,11 @@ CJK_PUNCTUATION = (
 )
 
 
+def _glued(ch: str) -> bool:
+    """Written without spaces around it: CJK ideographs and full-width forms (１９９８年, ＡＢＣ)."""
+    return is_cjk(ch) or unicodedata.east_asian_width(ch) in ("F", "W")
+
+
 def is_cjk(ch: str) -> bool:
     """True for a CJK ideograph (the BERT ranges)."""
     code = ord(ch)
@@ -222,11 +227,11 @@ class BertJiebaTokenizer(Tokenizer):
         for i, token in enumerate(tokens):
             if token[:2] == "##":
                 text += token[2:]
-            elif len(token) == 1 and is_cjk(token):
+            elif len(token) == 1 and _glued(token):
                 text += token
             elif len(token) == 1 and is_punctuation(token):
                 text += token + " "
-            elif i > 0 and text and is_cjk(text[-1]):
+            elif i > 0 and text and _glued(text[-1]):
                 text += token
             else:
                 text += " " + token
