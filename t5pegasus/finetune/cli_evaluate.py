@@ -27,12 +27,14 @@ def _table(metrics: dict[str, float], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    console = Console()
+    console.print(title, soft_wrap=True)
+    table = Table()
     table.add_column("metric")
     table.add_column("score", justify="right")
     for name, value in metrics.items():
         table.add_row(name, f"{value:.2f}")
-    Console().print(table)
+    console.print(table)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": args.model, "data": args.data, "examples": len(pairs), **metrics}))
     else:
-        _table(metrics, f"{args.model} on {args.data} ({len(pairs)} pairs, percent)")
+        _table(metrics, f"{args.model} on {args.data}: {len(pairs)} pairs, scores in percent")
         if args.predictions:
             print(f"predictions written to {args.predictions}", file=sys.stderr)
     return 0
