@@ -253,8 +253,8 @@ def _loop(cfg: RunConfig, state: TrainState, start: int, step_fn: Callable, eval
             window_start, window_steps, window_tokens, acc = time.perf_counter(), 0, 0.0, {}
         if (data.eval is not None or eval_hook) and cfg.eval.every and (step % cfg.eval.every == 0
                                                                          or step == cfg.train.steps):
-            values = _evaluate(cfg, state, eval_fn, data, objective, bsh, lengths, loader) if data.eval else {}
-            result.last_eval = {**values, **(eval_hook(step, state) if eval_hook else {})}
+            held_out = _evaluate(cfg, state, eval_fn, data, objective, bsh, lengths, loader) if data.eval else {}
+            result.last_eval = {**held_out, **(eval_hook(step, state) if eval_hook else {})}
             log.write(step, "eval", result.last_eval)
         if step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop.received:
             ckpt.save(state, train_it.get_state(), force=True)
