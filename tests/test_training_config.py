@@ -25,6 +25,7 @@ def test_default_and_overrides():
     assert cfg.optim.learning_rate == 2e-4 and cfg.optim.points == {10000: 1.0} and cfg.train.steps == 7
     assert cfg.model_config(vocab_size=256).d_model == 128 and cfg.mesh.rules == "fsdp"
     assert runconfig.from_dict(runconfig.from_dict(cfg.to_dict()).to_dict()) == cfg  # round trip
+    assert runconfig.load(None, ["log.progress=off"]).log.progress == "off"  # YAML's `off` is a boolean
 
 
 @pytest.mark.parametrize("bad, message", [

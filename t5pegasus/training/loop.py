@@ -174,7 +174,8 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
             log.message(f"{run_dir.name}: {count_params(abstract.params) / 1e6:.1f}M parameters, "
                         f"{cfg.objective.kind} objective, batch {cfg.data.batch_size}, mesh "
                         f"{dict(mesh.shape)} rules {cfg.mesh.rules}, {jax.device_count()} {jax.default_backend()} "
-                        f"device(s) in {jax.process_count()} process(es); MFU against a peak of {peak / 1e9:,.0f} GFLOP/s "
+                        f"device(s) in {jax.process_count()} process(es); MFU against a peak of "
+                        f"{peak / 1e9:,.0f} GFLOP/s "
                         f"({'configured' if cfg.log.peak_flops else 'measured matmul'})")
         result = RunResult(run_dir, start, start, None, {}, None, [])
         try:

@@ -173,6 +173,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return value.lower() in ("true", "yes", "on")
     if str in args and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
+    if str in args and bool not in args and isinstance(value, bool):  # YAML reads `off` / `on` as booleans
+        return "on" if value else "off"
     if any(typing.get_origin(a) in (list, dict) for a in args) and isinstance(value, list | dict):
         return value
     names = " or ".join(getattr(a, "__name__", str(a)) for a in args)
