@@ -60,7 +60,12 @@ def _causal_chunked(phi_q: Array, phi_k: Array, v: Array, chunk_size: int) -> Ar
         return (state, z), _normalise(num, den)
 
     init = (jnp.zeros((b, h, m, dv), jnp.float32), jnp.zeros((b, h, m), jnp.float32))
-    _, out = jax.lax.scan(step, init, (split(phi_q), split(phi_k), split(v)))
+    xs = (split(phi_q), split(phi_k), split(v))
+    if chunks == 1:  # a sequence within one chunk: no scan to trace and compile
+        _, out = step(init, tuple(x[0] for x in xs))
+        out = out[None]
+    else:
+        _, out = jax.lax.scan(step, init, xs)
     return out.swapaxes(0, 1).reshape(b, n + pad, h, dv)[:, :n]
 
 

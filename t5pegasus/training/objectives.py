@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax
 import numpy as np
 from jax import Array
 
@@ -44,7 +45,8 @@ class Objective:
 
     def logits(self, params: Any, batch: Batch, rng: Array | None = None, deterministic: bool = True) -> Array:
         args, kwargs = self.call_args(batch, deterministic)
-        rngs = None if deterministic or rng is None else {"dropout": rng}
+        # "features": Performer's random features, redrawn every training step (docs/attention.md).
+        rngs = None if deterministic or rng is None else {"dropout": rng, "features": jax.random.fold_in(rng, 1)}
         out = self.model.apply({"params": params}, *args, **kwargs, rngs=rngs)
         return getattr(out, "logits", out)  # BERT returns a BertOutput
 

@@ -1,0 +1,511 @@
+"""The attention config switches inside the models.
+
+Every valid (family, attention_kind, position_kind) trains: finite gradients that reach the attention
+projections and a few AdamW steps that lower the loss. The switches really switch: RoPE in a BERT layer
+equals a direct complex-number computation, rotary models are invariant to a shift of all positions (and
+learned ones are not), RealFormer equals manual residual-score accumulation, hierarchical positions extend the
+table exactly. Cached decoding with rotary positions / RealFormer equals the full forward (T5, GPT, UniLM),
+also with per-row positions. Invalid combinations are refused with one clear message.
+
+Everything runs eagerly (no per-combination XLA compile): on a 2-core CPU a tiny model's eager step costs
+far less than compiling ~45 different train steps, and the primitives' compiled kernels are shared.
+"""
+
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import t5pegasus as tp
+from t5pegasus.attention import hierarchical_table
+from t5pegasus.config import ATTENTION_KINDS, POSITION_KINDS
+from t5pegasus.models import bert, gpt, t5
+from t5pegasus.models import layers as model_layers
+from t5pegasus.models.layers import MultiHeadAttention
+
+RERoPE = ("rerope", "leaky_rerope")
+# Small windows / feature counts so every switch matters at length 16.
+SMALL = dict(rerope_window=3, rerope_leaky=4.0, performer_features=16, nystrom_landmarks=4)
+B, N = 2, 16
+
+
+def bert_cfg(**kw) -> tp.BertConfig:
+    return tp.BertConfig.preset("tiny", **{**SMALL, **kw})
+
+
+def gpt_cfg(**kw) -> tp.GPTConfig:
+    # BERT's feed-forward width, so both families run the same eager kernels (fewer first-use compiles).
+    return tp.GPTConfig.preset("tiny", **{**SMALL, "intermediate_size": 64, **kw})
+
+
+def t5_cfg(**kw) -> tp.T5Config:
+    return tp.T5Config.preset("tiny", **kw)
+
+
+def random_params(model: nn.Module, *args, std: float = 0.02, seed: int = 0):
+    """Parameters of the model's shape from numpy (no jitted init per configuration): norms' scales one,
+    biases zero, every other leaf N(0, std)."""
+    shapes = tp.models.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), *args)["params"]))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "scale":
+            return jnp.ones(leaf.shape, leaf.dtype)
+        if name in ("bias", "mlm_bias"):
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        return jnp.asarray(rng.normal(0.0, std, leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def token_batch(vocab: int, seed: int = 0, pad_last: int = 3) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """[B, N] ids in 5..vocab and the validity mask (row 1 right-padded by `pad_last`)."""
+    ids = np.random.default_rng(seed).integers(5, vocab, (B, N))
+    valid = np.ones((B, N), bool)
+    if pad_last:
+        valid[1, -pad_last:] = False
+        ids[1, -pad_last:] = 0
+    return jnp.asarray(ids, jnp.int32), jnp.asarray(valid)
+
+
+def next_tokens(x: jnp.ndarray) -> jnp.ndarray:
+    """x shifted left by one, the last column zero (its weight then hides it): [B, N] like the logits."""
+    return jnp.roll(x, -1, axis=1).at[:, -1].set(jnp.zeros((), x.dtype))
+
+
+def masked_ce(logits, targets, weights) -> jnp.ndarray:
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return jnp.sum(ce * weights) / jnp.sum(weights)
+
+
+# ---------------------------------------------------------------- every valid combination trains
+
+def valid(family: str, kind: str, position: str) -> bool:
+    """The combination rules of docs/attention.md (which the configs enforce)."""
+    if kind != "softmax" and position in RERoPE:
+        return False
+    return not (kind != "softmax" and family == "unilm") and not (kind == "nystrom" and family == "gpt")
+
+
+GRID = list(itertools.product(("bert", "gpt", "unilm"), ATTENTION_KINDS, POSITION_KINDS))
+VALID = [c for c in GRID if valid(*c)]
+REFUSED = [c for c in GRID if not valid(*c)]
+EXTRA = [("gpt", "softmax", "rope", True), ("unilm", "softmax", "rerope", True)]  # RealFormer on
+
+
+def family_setup(family: str, kind: str, position: str, realformer: bool = False):
+    """(model, params, loss(params, key)) for a tiny model of that family on a fixed batch."""
+    ids, valid_ = token_batch(128)
+    overrides = dict(attention_kind=kind, position_kind=position, realformer=realformer)
+    if family == "gpt":
+        model = tp.models.GPT(gpt_cfg(**overrides))
+        params = random_params(model, ids)
+
+        def loss(p, key):
+            logits = model.apply({"params": p}, ids, valid_, deterministic=False, rngs={"features": key})
+            return masked_ce(logits, next_tokens(ids), next_tokens(valid_))
+    else:
+        model = tp.models.Bert(bert_cfg(attention="unilm" if family == "unilm" else "bidirectional", **overrides))
+        segments = jnp.asarray(np.arange(N) >= N // 2, jnp.int32)[None].repeat(B, 0)
+        params = random_params(model, ids, segments)
+
+        def loss(p, key):
+            out = model.apply({"params": p}, ids, segments, valid_, deterministic=False, rngs={"features": key})
+            return masked_ce(out.logits, ids, valid_)
+    return model, params, loss
+
+
+def adamw_losses(params, loss, steps: int = 3, lr: float = 1e-2):
+    """Losses before each of `steps` AdamW updates, and the first gradients."""
+    opt = optax.adamw(lr)
+    state, losses, first = opt.init(params), [], None
+    grad_fn = jax.value_and_grad(loss)
+    for i in range(steps):
+        value, grads = grad_fn(params, jax.random.key(i))
+        first = grads if first is None else first
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        losses.append(float(value))
+    return losses, first
+
+
+def assert_trains(losses, grads, attention_grads) -> None:
+    leaves = jax.tree_util.tree_leaves(grads)
+    assert all(bool(jnp.isfinite(g).all()) for g in leaves), "non-finite gradient"
+    for g in attention_grads:
+        assert float(jnp.abs(g).max()) > 0, "no gradient reaches the attention projections"
+    assert np.isfinite(losses).all() and losses[-1] < losses[0] - 1e-3, losses
+
+
+@pytest.mark.parametrize("family,kind,position,realformer", [(*c, False) for c in VALID] + EXTRA,
+                         ids=lambda v: str(v))
+def test_every_valid_combination_trains(family, kind, position, realformer):
+    _, params, loss = family_setup(family, kind, position, realformer)
+    losses, grads = adamw_losses(params, loss)
+    attention = grads["layers_0"]["attention"]
+    assert_trains(losses, grads, [attention["query"]["kernel"], attention["key"]["kernel"]])
+
+
+@pytest.mark.parametrize("position,realformer", [("relative_bias", False), ("relative_bias", True), ("rope", False),
+                                                 ("rope", True)])
+def test_t5_position_kinds_train(position, realformer):
+    cfg = t5_cfg(position_kind=position, realformer=realformer)
+    model = tp.models.T5(cfg)
+    enc, enc_valid = token_batch(cfg.vocab_size, seed=1)
+    dec, dec_valid = token_batch(cfg.vocab_size, seed=2, pad_last=0)
+    params = random_params(model, enc, dec, std=0.2)
+    assert ("relpos_bias" in params["encoder"]) == (position == "relative_bias")
+
+    def loss(p, key):
+        logits = model.apply({"params": p}, enc, dec, enc_valid, deterministic=False)
+        return masked_ce(logits, next_tokens(dec), next_tokens(dec_valid))
+
+    losses, grads = adamw_losses(params, loss)
+    decoder = grads["decoder"]["layers_0"]
+    assert_trains(losses, grads, [grads["encoder"]["layers_0"]["attention"]["query"]["kernel"],
+                                  decoder["self_attention"]["key"]["kernel"]])
+
+
+# ---------------------------------------------------------------- refusals
+
+@pytest.mark.parametrize("family,kind,position", REFUSED, ids=lambda v: str(v))
+def test_invalid_combinations_are_refused(family, kind, position):
+    make = gpt_cfg if family == "gpt" else bert_cfg
+    extra = {} if family == "gpt" else {"attention": "unilm" if family == "unilm" else "bidirectional"}
+    with pytest.raises(tp.UserError, match=r"invalid (Bert|GPT)Config: .*(needs attention_kind='softmax'|no causal)"):
+        make(attention_kind=kind, position_kind=position, **extra)
+
+
+@pytest.mark.parametrize("make,overrides,match", [
+    (bert_cfg, dict(attention_kind="flash"), "attention_kind 'flash' is not one of softmax, linear, performer"),
+    (gpt_cfg, dict(position_kind="alibi"), "position_kind 'alibi' is not one of learned, rope, rerope"),
+    (bert_cfg, dict(rope_layout="neox"), "rope_layout 'neox' is not one of interleaved, half"),
+    (gpt_cfg, dict(attention_backend="triton"), "attention_backend 'triton' is not one of auto, einsum, xla"),
+    (bert_cfg, dict(attention="causal", attention_kind="nystrom"), "nystrom' has no causal form"),
+    (bert_cfg, dict(attention_kind="linear", realformer=True), "realformer needs attention_kind='softmax'"),
+    (bert_cfg, dict(attention_kind="performer", attention_backend="cudnn"), "has no effect"),
+    (gpt_cfg, dict(realformer=True, attention_backend="flash"), "has no effect with realformer"),
+    (gpt_cfg, dict(position_kind="rope", head_dim=7, hidden_size=28, num_heads=4), "must be even"),
+    (gpt_cfg, dict(position_kind="leaky_rerope", rerope_leaky=1.0), "rerope_leaky must be > 1"),
+    (bert_cfg, dict(performer_features=0), "performer_features must be positive"),
+    (t5_cfg, dict(position_kind="learned"), "position_kind 'learned' is not one of relative_bias, rope"),
+    (t5_cfg, dict(position_kind="rope", cross_attention_bias=True), "set cross_attention_bias=False"),
+    (t5_cfg, dict(realformer=True, attention_backend="cudnn"), "has no effect with realformer"),
+])
+def test_invalid_values_name_the_choices(make, overrides, match):
+    with pytest.raises(tp.UserError, match=match):
+        make(**overrides)
+
+
+def test_defaults_keep_todays_models_and_configs_round_trip(tmp_path):
+    """Defaults are the HF-parity models; a config saved before these fields existed still loads."""
+    for cls in (tp.BertConfig, tp.GPTConfig, tp.T5Config):
+        cfg = cls.preset("tiny")
+        assert getattr(cfg, "attention_kind", "softmax") == "softmax" and cfg.attention_backend == "auto"
+        assert cfg.position_kind == ("relative_bias" if cls is tp.T5Config else "learned") and not cfg.realformer
+        old = {k: v for k, v in cfg.to_dict().items() if k not in ("attention_kind", "position_kind", "realformer")}
+        assert cls.from_dict(old) == cfg
+        switched = cfg.replace(position_kind="rope", realformer=True)
+        switched.save(tmp_path / f"{cls.family}.json")
+        assert cls.load(tmp_path / f"{cls.family}.json") == switched
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt"])
+def test_cached_decoding_refused_for_linear_kinds(family):
+    cfg = (bert_cfg(attention="causal") if family == "bert" else gpt_cfg()).replace(attention_kind="performer")
+    model = tp.models.Bert(cfg) if family == "bert" else tp.models.GPT(cfg)
+    params = random_params(model, jnp.ones((1, 4), jnp.int32))
+    with pytest.raises(tp.UserError, match="cached decoding .* attention_kind='softmax' only, not 'performer'"):
+        (bert if family == "bert" else gpt).init_cache(model, params, 1, 8)
+
+
+# ---------------------------------------------------------------- the switches really switch
+
+def capture_attention(model, variables, *args, **kwargs):
+    """(module path, positional args, keyword args, output) of every MultiHeadAttention call, in order."""
+    seen = []
+
+    def interceptor(next_fun, call_args, call_kwargs, context):
+        out = next_fun(*call_args, **call_kwargs)
+        if isinstance(context.module, MultiHeadAttention) and context.method_name == "__call__":
+            seen.append((context.module.path, call_args, call_kwargs, out))
+        return out
+
+    with nn.intercept_methods(interceptor):
+        result = model.apply(variables, *args, **kwargs)
+    return seen, result
+
+
+def rotate_complex(x: np.ndarray, positions: np.ndarray, layout: str) -> np.ndarray:
+    """RoPE as complex multiplication: pair (a, b) -> (a + ib) e^{i pos theta_k}, theta_k = 10000^(-2k/d)."""
+    d = x.shape[-1]
+    theta = 10000.0 ** (-np.arange(0, d, 2) / d)
+    angle = np.asarray(positions, np.float64)[..., :, None, None] * theta  # [(b,) l, 1, d/2]
+    a, b = (x[..., 0::2], x[..., 1::2]) if layout == "interleaved" else (x[..., : d // 2], x[..., d // 2:])
+    z = (a + 1j * b) * np.exp(1j * angle)
+    out = np.empty_like(x)
+    if layout == "interleaved":
+        out[..., 0::2], out[..., 1::2] = z.real, z.imag
+    else:
+        out[..., : d // 2], out[..., d // 2:] = z.real, z.imag
+    return out
+
+
+def reference_attention(p, x, key_mask, scale, positions=None, layout="interleaved", prev=None):
+    """Float64 multi-head attention of one layer's params on its input: (output, pre-softmax scores)."""
+    f = lambda a: np.asarray(a, np.float64)
+    x = f(x)
+    q, k, v = (np.einsum("bld,dhk->blhk", x, f(p[n]["kernel"])) + f(p[n]["bias"]) for n in ("query", "key", "value"))
+    if positions is not None:
+        q, k = rotate_complex(q, positions, layout), rotate_complex(k, positions, layout)
+    s = np.einsum("bqhd,bkhd->bhqk", q, k) * scale + (0.0 if prev is None else prev)
+    w = np.exp(np.where(key_mask, s, -np.inf) - s.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    out = np.einsum("bhqk,bkhd,hdo->bqo", w, v, f(p["out"]["kernel"])) + f(p["out"]["bias"])
+    return out, s
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "half"])
+def test_bert_rope_layer_equals_direct_computation(layout):
+    cfg = bert_cfg(position_kind="rope", rope_layout=layout)
+    model = tp.models.Bert(cfg)
+    ids, valid_ = token_batch(cfg.vocab_size)
+    params = random_params(model, ids, std=0.2)
+    assert "position_embeddings" not in params
+    calls, _ = capture_attention(model, {"params": params}, ids, mask=valid_)
+    assert len(calls) == cfg.num_layers
+    for path, args, _, out in calls:
+        want, _ = reference_attention(params[path[0]]["attention"], args[0], np.asarray(valid_)[:, None, None, :],
+                                      cfg.head_dim**-0.5, np.arange(N), layout)
+        np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-5)
+
+
+def hidden_of(cfg, params, ids, valid_, positions=None):
+    out = tp.models.Bert(cfg).apply({"params": params}, ids, mask=valid_, positions=positions)
+    return np.asarray(out.hidden)
+
+
+def test_rotary_positions_are_relative_and_really_switch():
+    """Shifting every position by 7 leaves rope / rerope outputs unchanged (scores depend on i - j only) but not
+    learned ones; the position kinds share parameters here, yet give different outputs."""
+    ids, valid_ = token_batch(128)
+    cfg = bert_cfg(position_kind="rope")
+    params = random_params(tp.models.Bert(cfg), ids, std=0.2)
+    shifted = jnp.arange(N)[None] + 7
+    outs = {}
+    for position in ("rope", "rerope", "leaky_rerope", "none"):
+        c = cfg.replace(position_kind=position)
+        outs[position] = hidden_of(c, params, ids, valid_)
+        np.testing.assert_allclose(hidden_of(c, params, ids, valid_, shifted), outs[position], rtol=1e-4, atol=1e-5)
+    for a, b in itertools.combinations(outs, 2):
+        assert np.abs(outs[a] - outs[b]).max() > 1e-3, (a, b)
+    # A window wider than the sequence makes ReRoPE plain RoPE.
+    wide = hidden_of(cfg.replace(position_kind="leaky_rerope", rerope_window=N), params, ids, valid_)
+    np.testing.assert_allclose(wide, outs["rope"], rtol=1e-4, atol=1e-5)
+    learned_cfg = bert_cfg()
+    learned = random_params(tp.models.Bert(learned_cfg), ids, std=0.2)
+    assert np.abs(hidden_of(learned_cfg, learned, ids, valid_, shifted)
+                  - hidden_of(learned_cfg, learned, ids, valid_)).max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt"])
+def test_realformer_equals_manual_residual_score_accumulation(family):
+    make = bert_cfg if family == "bert" else gpt_cfg
+    cfg = make(realformer=True)
+    model = tp.models.Bert(cfg) if family == "bert" else tp.models.GPT(cfg)
+    ids, valid_ = token_batch(cfg.vocab_size)
+    params = random_params(model, ids, std=0.2)
+    calls, result = capture_attention(model, {"params": params}, ids, mask=valid_)
+    key_mask = np.asarray(valid_)[:, None, None, :]
+    if family == "gpt":
+        key_mask = key_mask & np.tril(np.ones((N, N), bool))
+    prev = np.zeros((B, cfg.num_heads, N, N))
+    for path, args, kwargs, (out, scores) in calls:
+        np.testing.assert_allclose(np.asarray(kwargs["prev_scores"]), prev, rtol=1e-4, atol=1e-4)
+        want, prev = reference_attention(params[path[0]]["attention"], args[0], key_mask, cfg.head_dim**-0.5,
+                                         prev=prev)
+        np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(scores), prev, rtol=1e-4, atol=1e-4)
+    plain = (tp.models.Bert if family == "bert" else tp.models.GPT)(cfg.replace(realformer=False))
+    off = plain.apply({"params": params}, ids, mask=valid_)
+    on_hidden = result.hidden if family == "bert" else result
+    assert np.abs(np.asarray(getattr(off, "hidden", off)) - np.asarray(on_hidden)).max() > 1e-3
+
+
+def test_realformer_scanned_equals_unrolled():
+    cfg = t5_cfg(position_kind="rope", realformer=True)
+    model = tp.models.T5(cfg)
+    enc, _ = token_batch(cfg.vocab_size)
+    dec, _ = token_batch(cfg.vocab_size, seed=1, pad_last=0)
+    params = random_params(model, enc, dec, std=0.2)
+    want = model.apply({"params": params}, enc, dec)
+    got = tp.models.T5(cfg.replace(scan_layers=True)).apply({"params": tp.models.stack_layers(params)}, enc, dec)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+def test_hierarchical_positions_extend_the_table_exactly():
+    """With a table as long as the input the hierarchical model is the learned one; with a 4-row table it
+    equals a learned model holding the extended 16-row table (and the plain 4-row model cannot run at all)."""
+    ids, valid_ = token_batch(128)
+    full = bert_cfg(max_position_embeddings=N)
+    params = random_params(tp.models.Bert(full), ids, std=0.2)
+    np.testing.assert_allclose(hidden_of(full.replace(position_kind="hierarchical"), params, ids, valid_),
+                               hidden_of(full, params, ids, valid_), rtol=1e-5, atol=1e-6)
+    short = full.replace(max_position_embeddings=4)
+    table = params["position_embeddings"]["embedding"][:4]
+    extended = {**params, "position_embeddings": {"embedding": hierarchical_table(table, N)}}
+    want = hidden_of(full, extended, ids, valid_)
+    short_params = {**params, "position_embeddings": {"embedding": table}}
+    got = hidden_of(short.replace(position_kind="hierarchical"), short_params, ids, valid_)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.abs(got - hidden_of(full, params, ids, valid_)).max() > 1e-3
+    assert np.isnan(hidden_of(short, short_params, ids, valid_)).any()  # the plain table ends at row 4
+
+
+def test_performer_features_fixed_at_evaluation_and_redrawn_in_training():
+    cfg = bert_cfg(attention_kind="performer")
+    model = tp.models.Bert(cfg)
+    ids, valid_ = token_batch(cfg.vocab_size)
+    params = random_params(model, ids, std=0.2)
+    run = lambda c, **kw: np.asarray(tp.models.Bert(c).apply({"params": params}, ids, mask=valid_, **kw).hidden)
+    train = lambda c, seed: run(c, deterministic=False, rngs={"features": jax.random.key(seed)})
+    np.testing.assert_array_equal(run(cfg), run(cfg))
+    np.testing.assert_array_equal(train(cfg, 1), train(cfg, 1))
+    assert np.abs(train(cfg, 1) - train(cfg, 2)).max() > 1e-4 and np.abs(train(cfg, 1) - run(cfg)).max() > 1e-4
+    # Without the stream, or with redraw off, training uses the fixed evaluation features.
+    np.testing.assert_array_equal(run(cfg, deterministic=False), run(cfg))
+    fixed = cfg.replace(performer_redraw=False)
+    np.testing.assert_array_equal(train(fixed, 1), run(cfg))
+
+
+def test_nystrom_real_tokens_ignore_padding_content():
+    cfg = bert_cfg(attention_kind="nystrom")
+    ids, valid_ = token_batch(cfg.vocab_size)
+    params = random_params(tp.models.Bert(cfg), ids, std=0.2)
+    a = hidden_of(cfg, params, ids, valid_)
+    b = hidden_of(cfg, params, ids.at[1, -3:].set(7), valid_)
+    np.testing.assert_allclose(a[1, :-3], b[1, :-3], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt", "t5"])
+def test_attention_backend_reaches_the_softmax_kernel(family, monkeypatch):
+    seen = []
+    real = model_layers.dot_product_attention
+
+    def spy(*args, backend="auto", **kwargs):
+        seen.append(backend)
+        return real(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(model_layers, "dot_product_attention", spy)
+    ids, _ = token_batch(128, pad_last=0)
+    if family == "t5":
+        model, args = tp.models.T5(t5_cfg(attention_backend="xla")), (ids, ids)
+    else:
+        cfg = (bert_cfg if family == "bert" else gpt_cfg)(attention_backend="xla")
+        model, args = (tp.models.Bert if family == "bert" else tp.models.GPT)(cfg), (ids,)
+    model.apply({"params": random_params(model, *args)}, *args)
+    assert seen and set(seen) == {"xla"}
+
+
+# ---------------------------------------------------------------- cached decoding with the switches
+
+def sharpen(params, factor: float):
+    """Kernels and tables times `factor`: peaky attention, so a wrong position or score shows in the output."""
+    return jax.tree_util.tree_map(lambda x: x * factor if x.ndim >= 2 else x, params)
+
+
+@pytest.mark.parametrize("overrides", [dict(position_kind="rope"), dict(position_kind="rope", realformer=True),
+                                       dict(realformer=True, cross_attention_bias=True)], ids=str)
+def test_t5_cached_decoding_equals_full_forward(overrides):
+    cfg = t5_cfg(**overrides)
+    model = tp.models.T5(cfg)
+    enc, enc_valid = token_batch(cfg.vocab_size, pad_last=4)
+    dec, _ = token_batch(cfg.vocab_size, seed=1, pad_last=0)
+    dec = dec[:, :6]
+    params = sharpen(random_params(model, enc, dec, std=0.2), 3.0)
+    full = model.apply({"params": params}, enc, dec, enc_valid)
+    encoded = model.apply({"params": params}, enc, enc_valid, method=tp.models.T5.encode)
+    cache = t5.init_cache(model, params, encoded, enc_valid, max_length=dec.shape[1])
+    for t in range(dec.shape[1]):
+        logits, cache = t5.decode_step(model, params, cache, encoded, enc_valid, dec[:, t:t + 1])
+        np.testing.assert_allclose(np.asarray(logits[:, 0]), np.asarray(full[:, t]), rtol=1e-4, atol=1e-4)
+
+
+GPT_DECODING = [dict(position_kind="rope"), dict(position_kind="rope", rope_layout="half"),
+                dict(position_kind="rerope"), dict(position_kind="leaky_rerope", realformer=True),
+                dict(position_kind="hierarchical", max_position_embeddings=4)]
+
+
+PROMPT = 10  # every GPT/UniLM decoding test: a 10-token prefill chunk, then single tokens up to N (shared shapes)
+
+
+def gpt_decode(model, params, ids, mask, positions=None):
+    """Logits [B, N, vocab] from a cached prefill of PROMPT tokens, then one token per step."""
+    cache = gpt.init_cache(model, params, batch_size=B, max_length=N)
+    pos = (lambda a, b: None) if positions is None else (lambda a, b: positions[:, a:b])
+    outs = []
+    for a, b in [(0, PROMPT)] + [(t, t + 1) for t in range(PROMPT, N)]:
+        logits, variables = model.apply({"params": params, "cache": cache}, ids[:, a:b],
+                                        None if b == a + 1 else mask[:, a:b], pos(a, b), decode=True,
+                                        mutable=["cache"])
+        outs.append(logits)
+        cache = variables["cache"]
+    return np.asarray(jnp.concatenate(outs, 1))
+
+
+@pytest.mark.parametrize("overrides", GPT_DECODING, ids=str)
+def test_gpt_cached_decoding_equals_full_forward(overrides):
+    """A prompt chunk with padding inside it, then one token at a time (slot positions)."""
+    cfg = gpt_cfg(**overrides)
+    model = tp.models.GPT(cfg)
+    ids, _ = token_batch(cfg.vocab_size, pad_last=0)
+    valid_ = jnp.ones(ids.shape, bool).at[1, 3:5].set(False)
+    params = sharpen(random_params(model, ids, std=0.2), 2.0)
+    full = np.asarray(model.apply({"params": params}, ids, valid_))
+    got = gpt_decode(model, params, ids, valid_)
+    real = np.asarray(valid_)
+    np.testing.assert_allclose(got[real], full[real], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("position", ["rope", "rerope"])
+def test_gpt_decoding_with_left_padding_and_row_positions(position):
+    """As the generate adapter runs it: left padding, positions counting real tokens only, so a row's logits
+    equal those of its unpadded prompt run alone (ReRoPE reads the positions stored in the cache)."""
+    cfg = gpt_cfg(position_kind=position)
+    model = tp.models.GPT(cfg)
+    ids, _ = token_batch(cfg.vocab_size, pad_last=0)
+    pad = 3
+    valid_ = jnp.ones(ids.shape, bool).at[1, :pad].set(False)
+    positions = jnp.maximum(jnp.cumsum(valid_, axis=1) - 1, 0)
+    params = sharpen(random_params(model, ids, std=0.2), 2.0)
+    got = gpt_decode(model, params, ids, valid_, positions)
+    for row, start in ((0, 0), (1, pad)):
+        alone = np.asarray(model.apply({"params": params}, ids[row:row + 1, start:]))[0]
+        np.testing.assert_allclose(got[row, start:], alone, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("overrides", [dict(position_kind="rope"), dict(position_kind="leaky_rerope"),
+                                       dict(position_kind="none", realformer=True)], ids=str)
+def test_unilm_cached_decoding_equals_full_forward(overrides):
+    """Source in one cached call (bidirectional inside it, symmetric ReRoPE), then target tokens one by one."""
+    cfg = bert_cfg(attention="unilm", **overrides)
+    model = tp.models.Bert(cfg)
+    ids, _ = token_batch(cfg.vocab_size, pad_last=0)
+    ids = ids.at[1, 6:PROMPT].set(0)  # a shorter source, right-padded
+    valid_ = ids != 0
+    seg = jnp.asarray(np.arange(N) >= PROMPT, jnp.int32)[None].repeat(B, 0)
+    params = sharpen(random_params(model, ids, seg, std=0.2), 2.0)
+    full = np.asarray(model.apply({"params": params}, ids, seg).hidden)
+    cache = bert.init_cache(model, params, batch_size=B, max_length=N)
+    out, cache = bert.decode_step(model, params, cache, ids[:, :PROMPT], seg[:, :PROMPT], valid_[:, :PROMPT])
+    hidden = [out.hidden]
+    for t in range(PROMPT, N):
+        out, cache = bert.decode_step(model, params, cache, ids[:, t:t + 1], seg[:, t:t + 1])
+        hidden.append(out.hidden)
+    real = np.asarray(valid_)
+    np.testing.assert_allclose(np.asarray(jnp.concatenate(hidden, 1))[real], full[real], rtol=1e-4, atol=1e-4)
