@@ -187,6 +187,15 @@ def test_nystrom_is_exact_when_landmarks_equal_length():
         np.testing.assert_allclose(out, exact, atol=1e-4)
 
 
+def test_nystrom_query_valid_makes_padded_queries_irrelevant():
+    q, k, v = _qkv(seed=7)
+    valid = _valid(lengths=(N, 13))
+    junk = jnp.where(valid[:, :, None, None], q, 50.0)
+    run = lambda x, qv: np.asarray(nystrom_attention(x, k, v, 5, key_valid=valid, query_valid=qv))
+    np.testing.assert_allclose(run(junk, valid)[1, :13], run(q, valid)[1, :13], atol=1e-5)
+    assert np.abs(run(junk, None)[1, :13] - run(q, None)[1, :13]).max() > 1e-3  # without it they leak in
+
+
 def test_nystrom_with_fewer_landmarks_matches_formula():
     q, k, v = _qkv(seed=5)
     valid = _valid(lengths=(N, 15))

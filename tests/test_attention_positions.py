@@ -12,6 +12,7 @@ from t5pegasus.attention import (
     attention_scores,
     causal_mask,
     einsum_attention,
+    hierarchical_rows,
     hierarchical_table,
     layout_permutation,
     learned_positions,
@@ -153,6 +154,28 @@ def test_rerope_chunked_prefill_with_offset_matches_full_prefill():
     full = rerope_attention(q, k, v, window=3, leaky=2.0, mask=causal_mask(N))
     part = rerope_attention(q[:, 10:], k, v, window=3, leaky=2.0, mask=causal_mask(N - 10, N, 10), q_offset=10)
     np.testing.assert_allclose(part, full[:, 10:], atol=1e-5)
+
+
+def test_rerope_with_explicit_positions_uses_only_their_differences():
+    """Per-row query/key positions (left-aligned prompts, cached key positions) shifted by a constant per row
+    give the default scores; decoding against stored key positions agrees with prefill."""
+    q, k, v = _qkv(seed=6)
+    want = rerope_scores(q, k, 5, 3.0, symmetric=True)
+    rows = jnp.arange(N)[None, :] + jnp.array([[4], [11]])  # [b, n]: row 0 starts at 4, row 1 at 11
+    got = rerope_scores(q, k, 5, 3.0, symmetric=True, q_positions=rows, k_positions=rows)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    prefill = rerope_attention(q, k, v, 5, 3.0, mask=causal_mask(N), q_positions=rows, k_positions=rows)
+    t = 9
+    filled = (jnp.arange(N) <= t)[None, None, None, :]
+    step = rerope_decode_attention(q[:, t:t + 1], k, v, rows[:, t], 5, 3.0, mask=filled, key_positions=rows)
+    np.testing.assert_allclose(step[:, 0], prefill[:, t], atol=1e-5)
+
+
+def test_hierarchical_rows_index_the_extended_table():
+    p = jax.random.normal(jax.random.key(1), (6, 3))
+    positions = jnp.array([[0, 5, 6, 35], [17, 2, 29, 12]])
+    np.testing.assert_allclose(hierarchical_rows(p, positions), hierarchical_table(p)[positions], atol=1e-6)
+    assert np.isnan(np.asarray(hierarchical_rows(p, jnp.array([36])))).all()  # past n * n
 
 
 def test_hierarchical_table_is_exact_below_n_and_follows_formula_beyond():
