@@ -132,6 +132,20 @@ ROTARY_KINDS = ("rope", "rerope", "leaky_rerope")
 _SCORE_BACKENDS = ("auto", "einsum")  # what a path that builds its own score matrix runs on
 
 
+# The switches that change what a model computes (attention_backend and the rope/rerope parameters only
+# matter once one of these is switched on).
+ATTENTION_SWITCHES = ("attention_kind", "position_kind", "realformer")
+
+
+def nondefault_attention_switches(cfg: ConfigBase) -> dict[str, Any]:
+    """The attention switches of `cfg` that differ from its family's defaults, e.g. {"position_kind": "rope"};
+    empty for a standard model. HF / TF / Megatron checkpoints cannot express them, so a converter should
+    refuse a config for which this is not empty."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    return {name: getattr(cfg, name) for name in ATTENTION_SWITCHES
+            if name in defaults and getattr(cfg, name) != defaults[name]}
+
+
 def _one_of(cfg: ConfigBase, name: str, choices: tuple[str, ...]) -> None:
     value = getattr(cfg, name)
     cfg._check(value in choices, f"{name} {value!r} is not one of {', '.join(choices)}")

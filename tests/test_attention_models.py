@@ -22,7 +22,7 @@ import pytest
 
 import t5pegasus as tp
 from t5pegasus.attention import hierarchical_table
-from t5pegasus.config import ATTENTION_KINDS, POSITION_KINDS
+from t5pegasus.config import ATTENTION_KINDS, POSITION_KINDS, nondefault_attention_switches
 from t5pegasus.models import bert, gpt, t5
 from t5pegasus.models import layers as model_layers
 from t5pegasus.models.layers import MultiHeadAttention
@@ -213,6 +213,14 @@ def test_defaults_keep_todays_models_and_configs_round_trip(tmp_path):
         switched = cfg.replace(position_kind="rope", realformer=True)
         switched.save(tmp_path / f"{cls.family}.json")
         assert cls.load(tmp_path / f"{cls.family}.json") == switched
+
+
+def test_nondefault_attention_switches_name_what_checkpoints_cannot_hold():
+    assert nondefault_attention_switches(bert_cfg()) == {} == nondefault_attention_switches(t5_cfg())
+    assert nondefault_attention_switches(gpt_cfg(attention_backend="xla", rope_layout="half")) == {}
+    assert nondefault_attention_switches(gpt_cfg(position_kind="rope", realformer=True)) == {
+        "position_kind": "rope", "realformer": True}
+    assert nondefault_attention_switches(t5_cfg(position_kind="rope")) == {"position_kind": "rope"}
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt"])
