@@ -93,9 +93,11 @@ def valid(family: str, kind: str, position: str) -> bool:
 
 
 GRID = list(itertools.product(("bert", "gpt", "unilm"), ATTENTION_KINDS, POSITION_KINDS))
-VALID = [c for c in GRID if valid(*c)]
 REFUSED = [c for c in GRID if not valid(*c)]
-EXTRA = [("gpt", "softmax", "rope", True), ("unilm", "softmax", "rerope", True)]  # RealFormer on
+# UniLM is the BERT family with another mask: every BERT position kind trains bidirectionally above; with the
+# UniLM mask, the kinds whose computation depends on it (absolute, rotary, symmetric ReRoPE + RealFormer).
+VALID = [c for c in GRID if valid(*c) and (c[0] != "unilm" or c[2] in ("learned", "rope", "leaky_rerope"))]
+EXTRA = [("unilm", "softmax", "rerope", True)]  # RealFormer on (its ReRoPE path adds the carried scores)
 
 
 def family_setup(family: str, kind: str, position: str, realformer: bool = False):
@@ -120,8 +122,8 @@ def family_setup(family: str, kind: str, position: str, realformer: bool = False
     return model, params, loss
 
 
-def adamw_losses(params, loss, steps: int = 3, lr: float = 1e-2):
-    """Losses before each of `steps` AdamW updates, and the first gradients."""
+def adamw_losses(params, loss, steps: int = 2, lr: float = 1e-2):
+    """Losses before each of `steps` AdamW updates and after the last one, and the first gradients."""
     opt = optax.adamw(lr)
     state, losses, first = opt.init(params), [], None
     grad_fn = jax.value_and_grad(loss)
@@ -131,7 +133,7 @@ def adamw_losses(params, loss, steps: int = 3, lr: float = 1e-2):
         updates, state = opt.update(grads, state, params)
         params = optax.apply_updates(params, updates)
         losses.append(float(value))
-    return losses, first
+    return losses + [float(loss(params, jax.random.key(steps)))], first
 
 
 def assert_trains(losses, grads, attention_grads) -> None:
@@ -151,8 +153,7 @@ def test_every_valid_combination_trains(family, kind, position, realformer):
     assert_trains(losses, grads, [attention["query"]["kernel"], attention["key"]["kernel"]])
 
 
-@pytest.mark.parametrize("position,realformer", [("relative_bias", False), ("relative_bias", True), ("rope", False),
-                                                 ("rope", True)])
+@pytest.mark.parametrize("position,realformer", [("relative_bias", True), ("rope", False)])
 def test_t5_position_kinds_train(position, realformer):
     cfg = t5_cfg(position_kind=position, realformer=realformer)
     model = tp.models.T5(cfg)
@@ -416,7 +417,7 @@ def test_attention_backend_reaches_the_softmax_kernel(family, monkeypatch):
     else:
         cfg = (bert_cfg if family == "bert" else gpt_cfg)(attention_backend="xla")
         model, args = (tp.models.Bert if family == "bert" else tp.models.GPT)(cfg), (ids,)
-    model.apply({"params": random_params(model, *args)}, *args)
+    jax.eval_shape(lambda p: model.apply({"params": p}, *args), random_params(model, *args))  # tracing is enough
     assert seen and set(seen) == {"xla"}
 
 
@@ -427,14 +428,14 @@ def sharpen(params, factor: float):
     return jax.tree_util.tree_map(lambda x: x * factor if x.ndim >= 2 else x, params)
 
 
-@pytest.mark.parametrize("overrides", [dict(position_kind="rope"), dict(position_kind="rope", realformer=True),
-                                       dict(realformer=True, cross_attention_bias=True)], ids=str)
+@pytest.mark.parametrize("overrides", [dict(position_kind="rope"), dict(realformer=True, cross_attention_bias=True)],
+                         ids=str)
 def test_t5_cached_decoding_equals_full_forward(overrides):
     cfg = t5_cfg(**overrides)
     model = tp.models.T5(cfg)
     enc, enc_valid = token_batch(cfg.vocab_size, pad_last=4)
     dec, _ = token_batch(cfg.vocab_size, seed=1, pad_last=0)
-    dec = dec[:, :6]
+    dec = dec[:, :5]
     params = sharpen(random_params(model, enc, dec, std=0.2), 3.0)
     full = model.apply({"params": params}, enc, dec, enc_valid)
     encoded = model.apply({"params": params}, enc, enc_valid, method=tp.models.T5.encode)
@@ -444,12 +445,11 @@ def test_t5_cached_decoding_equals_full_forward(overrides):
         np.testing.assert_allclose(np.asarray(logits[:, 0]), np.asarray(full[:, t]), rtol=1e-4, atol=1e-4)
 
 
-GPT_DECODING = [dict(position_kind="rope"), dict(position_kind="rope", rope_layout="half"),
-                dict(position_kind="rerope"), dict(position_kind="leaky_rerope", realformer=True),
+GPT_DECODING = [dict(position_kind="rope", rope_layout="half"), dict(position_kind="leaky_rerope", realformer=True),
                 dict(position_kind="hierarchical", max_position_embeddings=4)]
 
 
-PROMPT = 10  # every GPT/UniLM decoding test: a 10-token prefill chunk, then single tokens up to N (shared shapes)
+PROMPT = 12  # every GPT/UniLM decoding test: a 12-token prefill chunk, then single tokens up to N (shared shapes)
 
 
 def gpt_decode(model, params, ids, mask, positions=None):
@@ -492,19 +492,21 @@ def test_gpt_decoding_with_left_padding_and_row_positions(position):
     positions = jnp.maximum(jnp.cumsum(valid_, axis=1) - 1, 0)
     params = sharpen(random_params(model, ids, std=0.2), 2.0)
     got = gpt_decode(model, params, ids, valid_, positions)
-    for row, start in ((0, 0), (1, pad)):
-        alone = np.asarray(model.apply({"params": params}, ids[row:row + 1, start:]))[0]
-        np.testing.assert_allclose(got[row, start:], alone, rtol=1e-4, atol=1e-4)
+    # The same real tokens right-padded instead (default positions 0.., padding at the end): uncached forward.
+    right = ids.at[1].set(jnp.roll(ids[1], -pad))
+    want = np.asarray(model.apply({"params": params}, right, jnp.roll(valid_, -pad, axis=1)))
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[1, pad:], want[1, :N - pad], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("overrides", [dict(position_kind="rope"), dict(position_kind="leaky_rerope"),
-                                       dict(position_kind="none", realformer=True)], ids=str)
+@pytest.mark.parametrize("overrides", [dict(position_kind="rope"), dict(position_kind="leaky_rerope", realformer=True)],
+                         ids=str)
 def test_unilm_cached_decoding_equals_full_forward(overrides):
     """Source in one cached call (bidirectional inside it, symmetric ReRoPE), then target tokens one by one."""
     cfg = bert_cfg(attention="unilm", **overrides)
     model = tp.models.Bert(cfg)
     ids, _ = token_batch(cfg.vocab_size, pad_last=0)
-    ids = ids.at[1, 6:PROMPT].set(0)  # a shorter source, right-padded
+    ids = ids.at[1, 8:PROMPT].set(0)  # a shorter source, right-padded
     valid_ = ids != 0
     seg = jnp.asarray(np.arange(N) >= PROMPT, jnp.int32)[None].repeat(B, 0)
     params = sharpen(random_params(model, ids, seg, std=0.2), 2.0)
