@@ -67,6 +67,12 @@ def uninterrupted(corpus, tmp_path_factory):
     return result, final_params(result.run_dir, STEPS)
 
 
+def _finished_checkpoints(run_dir):
+    """Step numbers of the complete checkpoints (orbax renames a step's folder to its number once written)."""
+    folder = run_dir / "checkpoints"
+    return [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+
+
 def test_sigkill_at_random_step_then_rerun_matches(corpus, tmp_path, uninterrupted):
     _, want = uninterrupted
     args = [sys.executable, "-m", "t5pegasus.cli", "pretrain", *overrides(corpus, tmp_path, name="killed")]
@@ -74,15 +80,19 @@ def test_sigkill_at_random_step_then_rerun_matches(corpus, tmp_path, uninterrupt
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 240
+    logged = 0
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and sum(1 for x in metrics.read_text().splitlines() if '"train"' in x) >= kill_after:
+        logged = sum(1 for x in metrics.read_text().splitlines() if '"train"' in x) if metrics.exists() else 0
+        # a slow machine may still be writing the first asynchronous save at step `kill_after`: wait for one
+        # finished checkpoint so the rerun really resumes (the later ones may be half written when killed)
+        if logged >= kill_after and _finished_checkpoints(tmp_path / "killed"):
             proc.kill()  # SIGKILL: no handler runs, an async save may be half written
             break
         time.sleep(0.05)
     proc.wait()
     assert proc.returncode == -9, proc.stderr.read().decode()[-2000:]
     result = train(runconfig.load(None, overrides(corpus, tmp_path, name="killed")))
-    assert 0 < result.start_step <= kill_after and result.final_step == STEPS
+    assert 0 < result.start_step <= logged and result.final_step == STEPS
     got = final_params(tmp_path / "killed", STEPS)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(a, b)
