@@ -173,3 +173,7 @@ def test_bert_preset_param_count(name):
     assert tp.models.count_params(shapes) == want
     if name == "bert-base-chinese":
         assert c.vocab_size == 21128 and 102e6 < want < 104e6
+    if name in ("unilm-base", "simbert-base"):  # the bert-base-chinese shape with the seq2seq mask
+        base = tp.BertConfig.preset("bert-base-chinese")
+        assert c.attention == "unilm" and base.attention == "bidirectional"
+        assert c.replace(attention="bidirectional", pooler_activation=base.pooler_activation) == base

@@ -67,3 +67,20 @@ def test_missing_tensor_is_named(tmp_path):
     save_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(tp.UserError, match=r"encoder\.block\.1\.layer\.1\.DenseReluDense\.wo\.weight.*\(32, 48\)"):
         tp.convert.load_hf(tmp_path)
+
+
+def test_pytorch_model_bin_folder_matches_hf(tmp_path):
+    """A folder with pytorch_model.bin (the older HF layout, tied weights stored once) loads to the same model."""
+    hf = small_t5("t5", tmp_path / "st")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "config.json").write_text((tmp_path / "st" / "config.json").read_text())
+    state = {k: v for k, v in hf.state_dict().items() if k not in ("encoder.embed_tokens.weight",
+                                                                    "decoder.embed_tokens.weight", "lm_head.weight")}
+    torch.save(state, bin_dir / "pytorch_model.bin")
+    cfg, params = tp.convert.load_hf(bin_dir)
+    enc, dec, mask = _batch(cfg.vocab_size, True)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(enc), attention_mask=torch.tensor(mask), decoder_input_ids=torch.tensor(dec))
+    logits = tp.models.T5(cfg).apply({"params": params}, jnp.asarray(enc, jnp.int32), jnp.asarray(dec, jnp.int32))
+    assert rel_err(logits, ref.logits.numpy()) < 1e-4

@@ -50,3 +50,27 @@ def test_sharded_forward_equals_single_device(rules_name, scan):
     if rules_name == "fsdp_tensor":  # each device really holds a quarter of the query kernel
         shard = layer.addressable_shards[0].data
         assert shard.size * 4 == layer.size
+
+
+KNOWN_AXES = {"vocab", "embed", "heads", "kv", "mlp", "relpos_buckets", "layers", "positions", "segments",
+              "cond", None}
+
+
+@pytest.mark.parametrize("family", ["t5", "t5-scan", "bert", "gpt"])
+def test_every_parameter_has_logical_axis_names(family):
+    """No parameter can silently end up replicated: each one is boxed with one logical name per dimension."""
+    enc = jnp.ones((2, 8), jnp.int32)
+    if family.startswith("t5"):
+        cfg = tp.T5Config.preset("tiny", scan_layers=family == "t5-scan", cross_attention_bias=True)
+        model, args = tp.models.T5(cfg), (enc, enc)
+    elif family == "bert":
+        model, args = tp.models.Bert(tp.BertConfig.preset("tiny")), (enc,)
+    else:
+        model, args = tp.models.GPT(tp.GPTConfig.preset("tiny")), (enc,)
+    boxed = jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert leaves
+    for leaf in leaves:
+        assert isinstance(leaf, nn.Partitioned), leaf
+        assert len(leaf.names) == leaf.value.ndim
+        assert set(leaf.names) <= KNOWN_AXES, leaf.names

@@ -5,6 +5,8 @@ different config is a clear error."""
 import json
 import os
 import random
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -58,13 +60,87 @@ def final_params(run_dir, step):
 @pytest.fixture(scope="module")
 def uninterrupted(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    result = train(runconfig.load(None, overrides(corpus, out, name="straight")))
+    result = train(runconfig.load(None, overrides(corpus, out, name="straight", **{"log.tensorboard": True})))
     assert result.final_step == STEPS and result.last_eval is not None
+    assert result.checkpoint_steps == [4, 6, 8]  # every 2 steps, the last checkpoint.keep=3 kept
+    assert sorted(int(p.name) for p in (result.run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 6, 8]
     lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     train_lines = [x for x in lines if x["kind"] == "train"]
     assert len(train_lines) == STEPS and {"loss", "accuracy", "learning_rate", "grad_norm"} <= set(train_lines[-1])
     assert {"tokens_per_s", "step_time", "mfu"} <= set(train_lines[-1])
     return result, final_params(result.run_dir, STEPS)
+
+
+def _tensorboard_scalars(folder):
+    """{tag: [(step, value), ...]} read back from the TensorBoard event files (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        raw = path.read_bytes()
+        at = 0
+        while at < len(raw):
+            (n,) = struct.unpack("<Q", raw[at:at + 8])
+            event = event_pb2.Event.FromString(raw[at + 12:at + 12 + n])
+            at += 12 + n + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_tensorboard_events_hold_the_logged_scalars(uninterrupted):
+    result, _ = uninterrupted
+    scalars = _tensorboard_scalars(result.run_dir / "tensorboard")
+    lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_loss = [(x["step"], x["loss"]) for x in lines if x["kind"] == "train"]
+    tags = {t for t in scalars if t.endswith("loss")}
+    assert tags, sorted(scalars)
+    logged = next(v for t, v in scalars.items() if t.endswith("loss") and "eval" not in t)
+    assert [s for s, _ in logged] == [s for s, _ in train_loss]
+    np.testing.assert_allclose([v for _, v in logged], [v for _, v in train_loss], rtol=1e-6)
+
+
+def test_sigterm_saves_and_stops_then_rerun_resumes_there(corpus, tmp_path, uninterrupted):
+    _, want = uninterrupted
+    args = [sys.executable, "-m", "t5pegasus.cli", "pretrain", *overrides(corpus, tmp_path, name="term")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    metrics = tmp_path / "term" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and sum(1 for x in metrics.read_text().splitlines() if '"train"' in x) >= 3:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 143, err.decode()[-2000:]
+    stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", out.decode()).group(1))
+    assert 3 <= stopped < STEPS and stopped in _finished_checkpoints(tmp_path / "term")
+    result = train(runconfig.load(None, overrides(corpus, tmp_path, name="term")))
+    assert result.start_step == stopped and result.final_step == STEPS
+    got = final_params(tmp_path / "term", STEPS)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_diverging_run_stops_with_a_clear_error_and_keeps_the_good_checkpoint(corpus, tmp_path):
+    from t5pegasus.training.loop import TrainingDiverged
+
+    # a huge learning rate after two good steps: the weights overflow and every later loss is inf/nan
+    cfg = runconfig.load(None, overrides(corpus, tmp_path, name="nan", **{
+        "optim.points": "{2: 1.0, 3: 1e30}", "optim.clip": 0.0, "train.max_bad_steps": 2,
+        "checkpoint.every": 1, "eval.every": 0}))
+    with pytest.raises(TrainingDiverged, match=r"not finite for 2 steps in a row") as err:
+        train(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    events = [x for x in lines if x["kind"] == "event"]
+    assert [x["bad_in_a_row"] for x in events] == [1, 2]
+    assert [x["step"] for x in events] == [events[0]["step"], events[0]["step"] + 1]
+    steps = _finished_checkpoints(tmp_path / "nan")
+    # the step that stopped the run is not saved; the message names the newest checkpoint on disk
+    assert steps and max(steps) < events[-1]["step"]
+    assert f"last good checkpoint is step {max(steps)} in" in str(err.value)
 
 
 def _finished_checkpoints(run_dir):

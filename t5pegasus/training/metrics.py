@@ -98,7 +98,11 @@ class MetricsLog:
                 if isinstance(v, float):
                     self.tb.add_scalar(f"{kind}/{k}", v, step)
             self.tb.flush()
-        line = " ".join(_fmt(k, v) for k, v in clean.items() if k in SHOWN)
+        if kind == "event" and "bad_in_a_row" in clean:
+            line = (f"loss or gradient not finite (loss={clean.get('nonfinite_loss', float('nan')):.4g}), update "
+                    f"skipped ({int(clean['bad_in_a_row'])} in a row)")
+        else:
+            line = " ".join(_fmt(k, v) for k, v in clean.items() if k in SHOWN)
         if self.live is not None:
             if kind == "train":
                 self.live.update(self.task, completed=step, info=line)
