@@ -57,8 +57,22 @@ def test_prepare_counts_bad_input(seq2seq, capsys):
     assert stats["repaired: invalid UTF-8 bytes removed"] == 1 and stats["repaired: control characters removed"] == 1
     assert stats["packed documents dropped: fewer than 3 sentences"] >= 1  # the one-sentence document
     assert stats["documents used"] >= 55  # every good article kept, the long line and the mixed one too
+    # every document read is accounted for: used, or dropped for a counted reason
+    assert stats["documents read"] == (stats["documents used"] + stats["dropped: invalid UTF-8"]
+                                       + stats.get("documents without any example", 0))
     assert meta["num_examples"] == stats["examples"] > 200
     assert meta["tokenizer"]["special_ids"]["decoder_start"] == 101
+
+
+def test_repaired_mixed_and_long_documents_reach_the_examples(seq2seq, work):
+    """No silent loss: the repaired document, the mixed-script one and the 240k-character line all give examples."""
+    tok = BertJiebaTokenizer(work / "vocab.txt")
+    it = make_dataset(seq2seq, batch_size=1, shuffle=False, num_epochs=1, process_index=0, process_count=1,
+                      drop_remainder=False)
+    text = "".join(tok.decode(b["encoder_ids"][0]) + tok.decode(b["targets"][0]) for b in it).replace(" ", "")
+    assert "第三句话" in text and "第一句话" in text  # the block with a bad byte and a control character
+    assert "第二句。" in text and "第四句" in text  # mixed scripts (the Latin words are [UNK] in this vocab)
+    assert text.count("很长的一行") > 100
 
 
 def test_prepare_user_errors(work, capsys):

@@ -90,3 +90,31 @@ def test_ind_orig_selection(sentences, keep):
 def test_too_short_document_is_rejected():
     with pytest.raises(ValueError):
         greedy_lcs_selection(["只有一句。"])
+
+
+class _CharTokenizer:
+    """rouge-score tokenizer for Chinese: lower-cased ASCII words and single other characters."""
+
+    def tokenize(self, text):
+        import re
+
+        return re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower())
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(PACKED))
+def test_ind_orig_picks_the_top_sentences_by_rouge_score_rouge1(sentences):
+    """The chosen sentences are the top 30% by ROUGE-1 F1 against the rest, as Google's rouge-score computes it."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1"], tokenizer=_CharTokenizer())
+    n = len(sentences)
+    scores = [scorer.score("".join(sentences[:i] + sentences[i + 1:]), sentences[i])["rouge1"].fmeasure
+              for i in range(n)]
+    k = min(n - 1, max(1, round(0.3 * n)))
+    chosen = ind_orig_selection(sentences, 0.3).target
+    worst_chosen = min(scores[i] for i in chosen)
+    best_left = max(scores[i] for i in range(n) if i not in chosen)
+    assert len(chosen) == k and worst_chosen >= best_left - 1e-12
+    want = sorted(sorted(range(n), key=lambda i: (-round(scores[i], 12), i))[:k])
+    assert chosen == want

@@ -65,12 +65,15 @@ def rouge_tokens(text: str) -> list[str]:
 
 
 def rouge1_f(a: Counter[str], b: Counter[str]) -> float:
-    """ROUGE-1 F1 of two unigram count bags."""
+    """ROUGE-1 F1 of two unigram count bags.
+
+    2PR/(P+R) written as 2*overlap/(|a|+|b|): one division of integers, so scores that are equal as fractions
+    are equal as floats and a tie really goes to the earlier sentence.
+    """
     overlap = sum((a & b).values())
     if overlap == 0:
         return 0.0
-    p, r = overlap / sum(a.values()), overlap / sum(b.values())
-    return 2 * p * r / (p + r)
+    return 2 * overlap / (sum(a.values()) + sum(b.values()))
 
 
 def ind_orig_selection(sentences: list[str], ratio: float = 0.3) -> Selection:
