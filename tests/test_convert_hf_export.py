@@ -229,3 +229,22 @@ def test_unknown_family_and_mismatched_tensor_are_named(tmp_path):
     (tmp_path / "hf" / "config.json").write_text(json.dumps(hf_cfg))
     with pytest.raises(tp.UserError, match="model_type 'llama' is not supported; known: bert, gpt2, mt5, t5"):
         tp.convert.load_hf(tmp_path / "hf")
+
+
+def test_sentencepiece_model_travels_and_hf_tokenizer_gives_our_ids(tmp_path):
+    """An mT5-style export ships spiece.model; HF's T5 tokenizer built from it encodes as our tokenizer does."""
+    import itertools
+
+    from t5pegasus.pretrain.corpora import peoples_daily_paragraphs
+    from t5pegasus.text import SentencePieceTokenizer, train_sentencepiece
+
+    paragraphs = list(itertools.islice(peoples_daily_paragraphs(), 600))
+    train_sentencepiece(paragraphs[:500], tmp_path / "m.model", 2000, character_coverage=0.98)
+    ours = SentencePieceTokenizer(tmp_path / "m.model")
+    cfg, params = t5_model("mt5", vocab_size=ours.vocab_size)
+    tp.convert.save_hf(cfg, params, tmp_path / "hf", extra_files={"spiece.model": tmp_path / "m.model"})
+    assert (tmp_path / "hf" / "spiece.model").read_bytes() == (tmp_path / "m.model").read_bytes()
+    tok = transformers.T5Tokenizer.from_pretrained(tmp_path / "hf")
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (ours.pad_id, ours.eos_id, ours.unk_id)
+    for text in paragraphs[500:520]:
+        assert tok(text)["input_ids"] == ours.add_special(ours.encode(text))
