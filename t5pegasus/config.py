@@ -179,9 +179,12 @@ def _check_attention(cfg: BertConfig | GPTConfig, causal: bool, unilm: bool) -> 
                    f"matrices per (query, key), and {kind} attention never forms one")
         cfg._check(not cfg.realformer, f"realformer needs attention_kind='softmax': {kind} attention has no "
                    "score matrix to carry to the next layer")
-        cfg._check(not unilm, f"attention='unilm' needs attention_kind='softmax': the UniLM seq2seq mask is neither "
-                   f"causal nor bidirectional, the only masks {kind} attention can apply")
     if kind == "nystrom":
+        # linear and performer apply the UniLM mask exactly (source keys bidirectional + a causal scan over the
+        # target keys); Nystromformer's landmarks mix every position, so it has neither a causal nor a UniLM form.
+        cfg._check(not unilm, "attention='unilm' needs attention_kind='softmax', 'linear' or 'performer': the "
+                   "UniLM seq2seq mask hides later target tokens, and nystrom's landmarks average over the whole "
+                   "sequence (it has no causal form either)")
         cfg._check(not causal, "attention_kind='nystrom' has no causal form (its landmarks average over future "
                    "positions); use it with a bidirectional BERT, or pick linear or performer")
     explicit_scores = cfg.realformer or position in ("rerope", "leaky_rerope")

@@ -13,6 +13,7 @@ from t5pegasus.attention import (
     orthogonal_random_features,
     performer_attention,
     residual_attention,
+    unilm_mask,
 )
 
 B, N, H, D = 2, 20, 2, 8
@@ -32,11 +33,14 @@ def _elu1(x):
     return np.where(x > 0, x + 1, np.exp(x))
 
 
-def _kernel_attention_np(phi_q, phi_k, v, causal=False, valid=None):
-    """out_i = sum_j A_ij v_j / sum_j A_ij with A_ij = phi(q_i).phi(k_j), masked: the quadratic form."""
+def _kernel_attention_np(phi_q, phi_k, v, causal=False, valid=None, segment_ids=None):
+    """out_i = sum_j A_ij v_j / sum_j A_ij with A_ij = phi(q_i).phi(k_j), masked: the quadratic form.
+    `segment_ids`: masked by t5pegasus.attention.unilm_mask instead (c[j] <= c[i], c = cumsum)."""
     a = np.einsum("bihm,bjhm->bhij", phi_q, phi_k)
     if causal:
         a = a * np.tril(np.ones(a.shape[-2:]))
+    if segment_ids is not None:
+        a = a * np.asarray(unilm_mask(jnp.asarray(segment_ids)), np.float64)
     if valid is not None:
         a = a * np.asarray(valid, np.float64)[:, None, None, :]
     return np.einsum("bhij,bjhd->bihd", a, np.asarray(v, np.float64)) / a.sum(-1).transpose(0, 2, 1)[..., None]
@@ -74,12 +78,14 @@ def test_causal_linear_equals_masked_quadratic_form(chunk_size):
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-def test_causal_linear_memory_grows_linearly_not_as_n_d_d():
+@pytest.mark.parametrize("mask", ["causal", "unilm"])
+def test_causal_linear_memory_grows_linearly_not_as_n_d_d(mask):
     h, d = 1, 64
 
     def temp_bytes(n):
         x = jax.ShapeDtypeStruct((1, n, h, d), jnp.float32)
-        loss = lambda q, k, v: jnp.sum(linear_attention(q, k, v, causal=True, chunk_size=128))
+        kw = dict(causal=True) if mask == "causal" else dict(segment_ids=(jnp.arange(n) >= n // 3)[None])
+        loss = lambda q, k, v: jnp.sum(linear_attention(q, k, v, chunk_size=128, **kw))
         compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
@@ -87,6 +93,79 @@ def test_causal_linear_memory_grows_linearly_not_as_n_d_d():
     per_position_prefix_sums = 8192 * d * d * 4  # what materialising S_i for every i would take
     assert large < 0.25 * per_position_prefix_sums, (large, per_position_prefix_sums)
     assert large < 12 * small, (small, large)  # 8x the length: about 8x the memory
+
+
+# --- UniLM seq2seq mask for the feature-map kinds ---
+
+
+def _unilm_layout(seed, n=N):
+    """Random UniLM rows: [source (0) | target (1) | padding of any segment id], holes inside both parts (a
+    right-padded source, say); the first token is always real, so every row sees a key."""
+    rng = np.random.default_rng(seed)
+    seg, valid = np.zeros((B, n), np.int32), np.ones((B, n), bool)
+    for b in range(B):
+        src = int(rng.integers(1, n - 2))
+        end = src + int(rng.integers(0, n - src + 1))
+        seg[b, src:end] = 1
+        seg[b, end:] = rng.integers(0, 2, n - end)
+        valid[b, end:] = False
+        valid[b, 1:end] &= rng.random(end - 1) > 0.2
+    return seg, valid
+
+
+def _unilm_case(kind, seed, n=N):
+    """(attend(q, k, v, **kw), float64 reference on full sequences (rows = queries, all of them), seg, valid)."""
+    q, k, v = _qkv(seed=seed, n=n)
+    seg, valid = _unilm_layout(seed, n)
+    if kind == "linear":
+        attend = lambda q, k, v, **kw: linear_attention(q, k, v, key_valid=jnp.asarray(valid[:, :k.shape[1]]), **kw)
+        features = _elu1
+    else:
+        w = orthogonal_random_features(jax.random.key(seed), 24, D)
+        attend = lambda q, k, v, **kw: performer_attention(q, k, v, w, key_valid=jnp.asarray(valid[:, :k.shape[1]]),
+                                                           **kw)
+        features = lambda x: _favor_np(x * D**-0.25, np.asarray(w, np.float64))
+
+    def reference(length):
+        return _kernel_attention_np(features(q[:, :length]), features(k[:, :length]), v[:, :length],
+                                    valid=valid[:, :length], segment_ids=seg[:, :length])
+
+    return attend, (q, k, v), reference, seg
+
+
+@pytest.mark.parametrize("kind", ["linear", "performer"])
+@pytest.mark.parametrize("chunk_size", [1, 6, 8, 128])
+def test_unilm_feature_attention_equals_masked_quadratic_form(kind, chunk_size):
+    """Source keys summed for every query + the chunked causal scan over target keys for target queries = the
+    UniLM-masked quadratic form phi(q) phi(k)^T normalised row-wise, every row (padded ones too); 20 positions
+    in chunks of 6 or 8 leave a ragged last chunk."""
+    for seed in range(3):
+        attend, (q, k, v), reference, seg = _unilm_case(kind, 10 + seed)
+        out = attend(q, k, v, segment_ids=jnp.asarray(seg), chunk_size=chunk_size)
+        np.testing.assert_allclose(out, reference(N), atol=1e-4 if kind == "performer" else 1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "performer"])
+def test_unilm_feature_attention_against_a_cache(kind):
+    """query_offset: a chunk of queries at slots [p, p + n) of a longer key array (later slots hold junk, as an
+    unfilled cache does) equals those rows of the full-sequence form over the first p + n tokens; the offset
+    may be traced (the cache index under jit)."""
+    attend, (q, k, v), reference, seg = _unilm_case(kind, 20)
+    run = jax.jit(lambda o, q, s: attend(q, k, v, segment_ids=s, query_offset=o, chunk_size=4))
+    for p, n in [(0, 7), (5, 1), (9, 6), (13, 1), (19, 1)]:
+        out = run(p, q[:, p:p + n], jnp.asarray(seg[:, p:p + n]))
+        np.testing.assert_allclose(out, reference(p + n)[:, p:p + n], atol=1e-4 if kind == "performer" else 1e-5)
+
+
+def test_unilm_arguments_are_checked():
+    q, k, v = _qkv()
+    seg = jnp.zeros((B, N), jnp.int32)
+    with pytest.raises(ValueError, match="not both"):
+        linear_attention(q, k, v, causal=True, segment_ids=seg)
+    with pytest.raises(ValueError, match="needs segment_ids"):
+        linear_attention(q, k, v, query_offset=0)
+    with pytest.raises(ValueError, match="equal q/k lengths"):
+        linear_attention(q[:, :5], k, v, segment_ids=seg[:, :5])
 
 
 # --- Performer ---
@@ -242,12 +321,15 @@ def test_residual_scores_thread_through_layers():
 def test_gradients_are_finite_for_every_kind():
     q, k, v = _qkv(seed=9)
     valid = _valid(lengths=(N, 0))  # the second row has no valid key at all
+    seg = jnp.asarray(np.arange(N) >= 9, jnp.int32)[None].repeat(B, 0)
     w = orthogonal_random_features(jax.random.key(2), 16, D)
     kinds = {
         "linear": lambda q, k, v: linear_attention(q, k, v, key_valid=valid),
         "linear_causal": lambda q, k, v: linear_attention(q, k, v, causal=True, key_valid=valid, chunk_size=8),
         "performer": lambda q, k, v: performer_attention(q, k, v, w, key_valid=valid),
         "performer_causal": lambda q, k, v: performer_attention(q, k, v, w, causal=True, key_valid=valid),
+        "linear_unilm": lambda q, k, v: linear_attention(q, k, v, key_valid=valid, segment_ids=seg, chunk_size=8),
+        "performer_unilm": lambda q, k, v: performer_attention(q, k, v, w, key_valid=valid, segment_ids=seg),
         "nystrom": lambda q, k, v: nystrom_attention(q, k, v, 5, key_valid=valid),
         "realformer": lambda q, k, v: residual_attention(q, k, v, residual_attention(q, k, v)[1])[0],
     }

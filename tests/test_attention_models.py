@@ -4,8 +4,9 @@ Every valid (family, attention_kind, position_kind) trains: finite gradients tha
 projections and a few AdamW steps that lower the loss. The switches really switch: RoPE in a BERT layer
 equals a direct complex-number computation, rotary models are invariant to a shift of all positions (and
 learned ones are not), RealFormer equals manual residual-score accumulation, hierarchical positions extend the
-table exactly. Cached decoding with rotary positions / RealFormer equals the full forward (T5, GPT, UniLM),
-also with per-row positions. Invalid combinations are refused with one clear message.
+table exactly. UniLM with linear / performer attention equals the UniLM-masked quadratic form. Cached decoding
+with rotary positions / RealFormer equals the full forward (T5, GPT, UniLM), also with per-row positions, and so
+does UniLM's with the linear kinds. Invalid combinations are refused with one clear message.
 
 Everything runs eagerly (no per-combination XLA compile): on a 2-core CPU a tiny model's eager step costs
 far less than compiling ~45 different train steps, and the primitives' compiled kernels are shared.
@@ -89,13 +90,14 @@ def valid(family: str, kind: str, position: str) -> bool:
     """The combination rules of docs/attention.md (which the configs enforce)."""
     if kind != "softmax" and position in RERoPE:
         return False
-    return not (kind != "softmax" and family == "unilm") and not (kind == "nystrom" and family == "gpt")
+    return not (kind == "nystrom" and family in ("gpt", "unilm"))
 
 
 GRID = list(itertools.product(("bert", "gpt", "unilm"), ATTENTION_KINDS, POSITION_KINDS))
 REFUSED = [c for c in GRID if not valid(*c)]
 # UniLM is the BERT family with another mask: every BERT position kind trains bidirectionally above; with the
-# UniLM mask, the kinds whose computation depends on it (absolute, rotary, symmetric ReRoPE + RealFormer).
+# UniLM mask, the kinds whose computation depends on it (absolute, rotary, symmetric ReRoPE + RealFormer), for
+# softmax and for the linear kinds that apply the mask (linear, performer: learned and rope).
 VALID = [c for c in GRID if valid(*c) and (c[0] != "unilm" or c[2] in ("learned", "rope", "leaky_rerope"))]
 EXTRA = [("unilm", "softmax", "rerope", True)]  # RealFormer on (its ReRoPE path adds the carried scores)
 
@@ -188,6 +190,8 @@ def test_invalid_combinations_are_refused(family, kind, position):
     (bert_cfg, dict(rope_layout="neox"), "rope_layout 'neox' is not one of interleaved, half"),
     (gpt_cfg, dict(attention_backend="triton"), "attention_backend 'triton' is not one of auto, einsum, xla"),
     (bert_cfg, dict(attention="causal", attention_kind="nystrom"), "nystrom' has no causal form"),
+    (bert_cfg, dict(attention="unilm", attention_kind="nystrom"),
+     "attention='unilm' needs attention_kind='softmax', 'linear' or 'performer'"),
     (bert_cfg, dict(attention_kind="linear", realformer=True), "realformer needs attention_kind='softmax'"),
     (bert_cfg, dict(attention_kind="performer", attention_backend="cudnn"), "has no effect"),
     (gpt_cfg, dict(realformer=True, attention_backend="flash"), "has no effect with realformer"),
@@ -225,7 +229,8 @@ def test_nondefault_attention_switches_name_what_checkpoints_cannot_hold():
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt"])
-def test_cached_decoding_refused_for_linear_kinds(family):
+def test_cached_decoding_refused_for_causal_linear_kinds(family):
+    """A causal BERT or GPT with a linear kind refuses the cache (only UniLM's linear kinds decode with one)."""
     cfg = (bert_cfg(attention="causal") if family == "bert" else gpt_cfg()).replace(attention_kind="performer")
     model = tp.models.Bert(cfg) if family == "bert" else tp.models.GPT(cfg)
     params = random_params(model, jnp.ones((1, 4), jnp.int32))
@@ -392,6 +397,62 @@ def test_performer_features_fixed_at_evaluation_and_redrawn_in_training():
     np.testing.assert_array_equal(train(fixed, 1), run(cfg))
 
 
+def unilm_batch(vocab: int, source: int = 12):
+    """ids (row 1's source right-padded), their validity and segment ids [0] * source + [1] * (N - source)."""
+    ids, _ = token_batch(vocab, pad_last=0)
+    ids = ids.at[1, 8:source].set(0)
+    seg = jnp.asarray(np.arange(N) >= source, jnp.int32)[None].repeat(B, 0)
+    return ids, ids != 0, seg
+
+
+def elu1(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 0, x + 1, np.exp(np.minimum(x, 0)))
+
+
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_unilm_linear_layer_equals_masked_quadratic_form(position):
+    """Every layer of a UniLM BERT with attention_kind='linear' computes, per head, the float64 quadratic form
+    elu1(q) elu1(k)^T masked by the UniLM mask and key padding, normalised row-wise (RoPE before the feature
+    map); the bidirectional model's output differs."""
+    cfg = bert_cfg(attention="unilm", attention_kind="linear", position_kind=position)
+    model = tp.models.Bert(cfg)
+    ids, valid_, seg = unilm_batch(cfg.vocab_size)
+    params = random_params(model, ids, seg, std=0.2)
+    calls, result = capture_attention(model, {"params": params}, ids, seg, valid_)
+    assert len(calls) == cfg.num_layers
+    mask = np.asarray(bert.attention_mask("unilm", valid_, seg))[:, 0]  # [b, q, k]
+    f = lambda a: np.asarray(a, np.float64)
+    for path, args, _, out in calls:
+        p = params[path[0]]["attention"]
+        x = f(args[0])
+        q, k, v = (np.einsum("bld,dhk->blhk", x, f(p[n]["kernel"])) + f(p[n]["bias"])
+                   for n in ("query", "key", "value"))
+        if position == "rope":
+            q, k = rotate_complex(q, np.arange(N), "interleaved"), rotate_complex(k, np.arange(N), "interleaved")
+        a = np.einsum("bqhm,bkhm->bhqk", elu1(q), elu1(k)) * mask[:, None]
+        heads = np.einsum("bhqk,bkhd->bqhd", a / a.sum(-1, keepdims=True), v)
+        want = np.einsum("bqhd,hdo->bqo", heads, f(p["out"]["kernel"])) + f(p["out"]["bias"])
+        np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-5)
+    bidirectional = hidden_of(cfg.replace(attention="bidirectional"), params, ids, valid_)
+    real = np.asarray(valid_)
+    assert np.abs(bidirectional[real] - np.asarray(result.hidden)[real]).max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["linear", "performer"])
+def test_unilm_linear_kinds_hide_later_targets(kind):
+    """A later target token does not reach earlier positions; a source token reaches every position."""
+    cfg = bert_cfg(attention="unilm", attention_kind=kind)
+    ids, valid_, seg = unilm_batch(cfg.vocab_size)
+    params = random_params(tp.models.Bert(cfg), ids, seg, std=0.2)
+    run = lambda x: np.asarray(tp.models.Bert(cfg).apply({"params": params}, x, seg, valid_).hidden)
+    base = run(ids)
+    later = run(ids.at[:, N - 2].set(9))
+    np.testing.assert_allclose(later[:, :N - 2], base[:, :N - 2], rtol=1e-5, atol=1e-6)
+    assert np.abs(later[:, N - 2:] - base[:, N - 2:]).max() > 1e-4
+    source = run(ids.at[:, 2].set(9))
+    assert np.abs(source - base).max(axis=-1).min() > 1e-6  # every position of both rows moved
+
+
 def test_nystrom_real_tokens_ignore_padding_content():
     cfg = bert_cfg(attention_kind="nystrom")
     ids, valid_ = token_batch(cfg.vocab_size)
@@ -499,10 +560,12 @@ def test_gpt_decoding_with_left_padding_and_row_positions(position):
     np.testing.assert_allclose(got[1, pad:], want[1, :N - pad], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("overrides", [dict(position_kind="rope"), dict(position_kind="leaky_rerope", realformer=True)],
-                         ids=str)
+@pytest.mark.parametrize("overrides", [dict(position_kind="rope"), dict(position_kind="leaky_rerope", realformer=True),
+                                       dict(attention_kind="linear"),
+                                       dict(attention_kind="performer", position_kind="rope")], ids=str)
 def test_unilm_cached_decoding_equals_full_forward(overrides):
-    """Source in one cached call (bidirectional inside it, symmetric ReRoPE), then target tokens one by one."""
+    """Source in one cached call (bidirectional inside it, symmetric ReRoPE), then target tokens one by one.
+    The linear kinds attend each chunk to the cached keys with the UniLM visibility (no running state)."""
     cfg = bert_cfg(attention="unilm", **overrides)
     model = tp.models.Bert(cfg)
     ids, _ = token_batch(cfg.vocab_size, pad_last=0)

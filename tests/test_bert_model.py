@@ -59,10 +59,12 @@ def _seq2seq_batch(cfg, src=7, tgt=6):
     return jnp.asarray(ids, jnp.int32), jnp.asarray(seg, jnp.int32), ids != cfg.pad_token_id
 
 
-@pytest.mark.parametrize("attention,scan", [("unilm", False), ("unilm", True), ("causal", False)])
-def test_cached_generation_equals_full_forward(attention, scan):
-    """Source in one cached call, then target tokens one by one: equal to one full forward pass."""
-    cfg = tiny(attention=attention, scan_layers=scan)
+@pytest.mark.parametrize("attention,scan,kind", [("unilm", False, "softmax"), ("unilm", True, "softmax"),
+                                              ("causal", False, "softmax"), ("unilm", True, "performer")])
+def test_cached_generation_equals_full_forward(attention, scan, kind):
+    """Source in one cached call, then target tokens one by one: equal to one full forward pass (UniLM with
+    performer attention too: each chunk attends to the cache with the UniLM visibility, under jit and scan)."""
+    cfg = tiny(attention=attention, scan_layers=scan, attention_kind=kind, performer_features=16)
     ids, seg, valid = _seq2seq_batch(cfg)
     model = tp.models.Bert(cfg)
     params = tp.models.unbox(jax.jit(model.init)(jax.random.key(0), ids, seg)["params"])

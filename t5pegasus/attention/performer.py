@@ -54,11 +54,17 @@ def performer_attention(
     key_valid: Array | None = None,
     scale: float | None = None,
     chunk_size: int = 128,
+    *,
+    segment_ids: Array | None = None,
+    query_offset: Array | int | None = None,
 ) -> Array:
     """FAVOR+ attention; q [b, n, h, d], k/v [b, s, h, d], projection [m, d] from orthogonal_random_features,
-    key_valid [b, s]. Returns [b, n, h, d] in q's dtype."""
+    key_valid [b, s]. Returns [b, n, h, d] in q's dtype. `segment_ids` / `query_offset`: the UniLM seq2seq
+    mask (see linear.feature_attention); the one shared key stabiliser spans all valid keys, so it cancels
+    for every query whatever subset of them it sees."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     root = math.sqrt(scale)
     phi_q = favor_features(q.astype(jnp.float32) * root, projection, True)
     phi_k = favor_features(k.astype(jnp.float32) * root, projection, False, key_valid)
-    return feature_attention(phi_q, phi_k, v, causal, key_valid, chunk_size).astype(q.dtype)
+    return feature_attention(phi_q, phi_k, v, causal, key_valid, chunk_size, segment_ids=segment_ids,
+                             query_offset=query_offset).astype(q.dtype)

@@ -77,11 +77,16 @@ def cached_attention_mask(kind: str, offset: Array | int, key_valid: Array, key_
 
 
 def check_cached_decoding(cfg: Any) -> None:
-    """Cached decoding exists for softmax attention only (any position kind, RealFormer included)."""
-    if cfg.attention_kind != "softmax":
-        raise UserError(f"cached decoding (decode=True) is implemented for attention_kind='softmax' only, not "
-                        f"{cfg.attention_kind!r}: its running (sum phi(k) v^T, sum phi(k)) state is not kept in "
-                        "the cache; decode by recomputing the full sequence, or train a softmax model")
+    """Cached decoding exists for softmax attention (any position kind, RealFormer included) and, in a UniLM
+    BERT, for linear and performer (each cached chunk attends to the cached keys with the UniLM visibility)."""
+    if cfg.attention_kind == "softmax":
+        return
+    if cfg.attention_kind in ("linear", "performer") and getattr(cfg, "attention", None) == "unilm":
+        return
+    raise UserError(f"cached decoding (decode=True) is implemented for attention_kind='softmax' only, not "
+                    f"{cfg.attention_kind!r}, in this model (a UniLM BERT, attention='unilm', also decodes with "
+                    "'linear' and 'performer'): the causal linear kinds are not wired to the KV cache; decode by "
+                    "recomputing the full sequence, or train a softmax model")
 
 
 def _kw(cfg: BertConfig) -> dict[str, Any]:
@@ -104,7 +109,9 @@ class BertLayer(nn.Module):
 
     @nn.compact
     def __call__(self, carry: Any, mask: Array, key_valid: Array, positions: Array,
-                 condition: Array | None) -> Any:
+                 condition: Array | None, segment_ids: Array | None = None) -> Any:
+        """`segment_ids` is given (by `Bert`) only for a UniLM BERT with a linear kind, which takes the UniLM
+        mask from them instead of the dense `mask`."""
         cfg, det = self.cfg, self.deterministic
         x, scores = split_carry(carry)
         drop = nn.Dropout(cfg.dropout_rate)
@@ -113,7 +120,7 @@ class BertLayer(nn.Module):
                                q_stddev=std, kv_stddev=std, o_stddev=std, name="attention",
                                options=attention_options(cfg, symmetric=cfg.attention != "causal"), **_kw(cfg))(
             x, mask=mask, deterministic=det, decode=self.decode, positions=positions, key_valid=key_valid,
-            causal=cfg.attention == "causal", prev_scores=scores[0] if scores else None)
+            causal=cfg.attention == "causal", segment_ids=segment_ids, prev_scores=scores[0] if scores else None)
         if scores:
             h, scores = h[0], (h[1],)
         x = constrain(_norm(cfg, "attention_norm", x + drop(h, deterministic=det), condition), EDGE)
@@ -159,7 +166,10 @@ class Bert(nn.Module):
         x = _norm(cfg, "embeddings_norm", x, condition)
         x = constrain(nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic), EDGE)
         scores = initial_scores(cfg, ids.shape[0], ids.shape[1], attn_mask.shape[-1])
-        x = run_layers(self, BertLayer, cfg.num_layers, x, (attn_mask, key_valid, positions, condition), scores,
+        # The linear kinds take no dense mask: a UniLM one builds the seq2seq visibility from the segment ids.
+        unilm_segments = segment_ids if cfg.attention == "unilm" and cfg.attention_kind != "softmax" else None
+        x = run_layers(self, BertLayer, cfg.num_layers, x,
+                       (attn_mask, key_valid, positions, condition, unilm_segments), scores,
                        deterministic=deterministic, decode=decode)
         pooled = None
         if cfg.with_pooler:

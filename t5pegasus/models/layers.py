@@ -235,8 +235,10 @@ class MultiHeadAttention(nn.Module):
     `cache_index`; cross-attention caches the projected memory once. `scale` multiplies q.k (T5 uses 1.0).
     `options` picks the kernel and the rotary positions. Keyword-only inputs: `positions` ([b or 1, q]
     absolute positions of the queries, for RoPE/ReRoPE), `key_valid` ([b, k] non-padding keys, for the
-    linear kinds, which take no dense mask), `causal` (linear kinds) and `prev_scores` (RealFormer: given,
-    the call returns `(out, scores)` with this layer's pre-softmax scores for the next one).
+    linear kinds, which take no dense mask), `causal` (linear kinds), `segment_ids` ([b, q] segment ids of the
+    queries: the UniLM seq2seq mask for linear/performer; with `decode=True` the queries are placed at the
+    cache index, so a cached chunk attends to the cache with the UniLM visibility) and `prev_scores`
+    (RealFormer: given, the call returns `(out, scores)` with this layer's pre-softmax scores for the next one).
     """
 
     num_heads: int
@@ -268,6 +270,7 @@ class MultiHeadAttention(nn.Module):
         positions: Array | None = None,
         key_valid: Array | None = None,
         causal: bool = False,
+        segment_ids: Array | None = None,
         prev_scores: Array | None = None,
     ) -> Array | tuple[Array, Array]:
         is_cross = memory is not None
@@ -289,13 +292,17 @@ class MultiHeadAttention(nn.Module):
             q = attn.apply_rope(q, positions, opts.rope_layout, opts.rope_base)
             k = attn.apply_rope(k, positions, opts.rope_layout, opts.rope_base)
         key_positions = positions
+        query_offset = None  # where the queries sit among the keys: the cache index (None: keys are the queries)
         if decode and not is_cross:
+            if self.has_variable("cache", "cache_index"):
+                query_offset = self.get_variable("cache", "cache_index")
             k, v, key_positions = self._update_cache(k, v, positions if opts.rerope else None)
         q = constrain(q, ("batch", "length", "heads", "kv"))
         k = constrain(k, ("batch", "length", "heads", "kv"))
         v = constrain(v, ("batch", "length", "heads", "kv"))
         if opts.kind != "softmax":
-            out, scores = self._efficient(q, k, v, key_valid, causal, is_cross, deterministic), None
+            out = self._efficient(q, k, v, key_valid, causal, is_cross, deterministic, segment_ids, query_offset)
+            scores = None
         elif rotary in ("rerope", "leaky_rerope"):
             out, scores = self._rerope(q, k, v, bias, mask, positions, key_positions, prev_scores)
         elif prev_scores is not None:
@@ -327,18 +334,26 @@ class MultiHeadAttention(nn.Module):
         return attn.attention_from_scores(scores, v, None, mask, dtype=q.dtype), scores
 
     def _efficient(self, q: Array, k: Array, v: Array, key_valid: Array | None, causal: bool, is_cross: bool,
-                   deterministic: bool) -> Array:
-        """The linear kinds: no score matrix, so padding comes as `key_valid` and causality as a flag."""
+                   deterministic: bool, segment_ids: Array | None = None,
+                   query_offset: Array | None = None) -> Array:
+        """The linear kinds: no score matrix, so padding comes as `key_valid`, causality as a flag and the UniLM
+        mask as the queries' `segment_ids` (then `causal` is ignored); `query_offset` is the cache index of a
+        cached chunk (UniLM only: a causal linear model does not decode with a cache)."""
         o = self.options
+        if query_offset is not None and segment_ids is None:
+            raise ValueError(f"cached decoding with attention kind {o.kind!r} needs segment_ids (the UniLM mask); "
+                             "causal and bidirectional linear attention do not decode with a cache")
+        unilm = dict(segment_ids=segment_ids, query_offset=query_offset) if segment_ids is not None else {}
+        causal = causal and segment_ids is None
         if o.kind == "linear":
-            return attn.linear_attention(q, k, v, causal=causal, key_valid=key_valid)
+            return attn.linear_attention(q, k, v, causal=causal, key_valid=key_valid, **unilm)
         if o.kind == "performer":
             projection = performer_projection(self, o, self.head_dim, deterministic)
             return attn.performer_attention(q, k, v, projection, causal=causal, key_valid=key_valid,
-                                            scale=self.scale)
+                                            scale=self.scale, **unilm)
         if o.kind == "nystrom":
-            if causal:
-                raise ValueError("nystrom attention has no causal form")
+            if causal or segment_ids is not None:
+                raise ValueError("nystrom attention has no causal (or UniLM) form")
             landmarks = min(o.nystrom_landmarks, q.shape[1], k.shape[1])
             return attn.nystrom_attention(q, k, v, landmarks, key_valid=key_valid, scale=self.scale,
                                           pinv_iterations=o.nystrom_pinv_iterations,
