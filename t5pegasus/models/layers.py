@@ -77,7 +77,10 @@ class Embed(nn.Module):
 
     def attend(self, x: Array) -> Array:
         """x @ embedding^T: logits over the vocabulary, accumulated in float32."""
-        return jnp.einsum("...d,vd->...v", x, self.embedding.astype(self.dtype), preferred_element_type=jnp.float32)
+        lead = x.shape[:-1]
+        logits = jnp.dot(x.reshape(-1, x.shape[-1]), self.embedding.astype(self.dtype).T,
+                         preferred_element_type=jnp.float32)  # one 2-d matmul (see Dense)
+        return logits.reshape(*lead, self.num_embeddings)
 
 
 class Dense(nn.Module):
@@ -101,10 +104,13 @@ class Dense(nn.Module):
             self.param_dtype,
         )
         n_in = len(in_shape)
-        x_letters = "abcd"[:n_in]
-        out_letters = "wxyz"[: len(self.features)]
-        eq = f"...{x_letters},{x_letters}{out_letters}->...{out_letters}"
-        y = jnp.einsum(eq, x.astype(self.dtype), kernel.astype(self.dtype))
+        lead = x.shape[: x.ndim - n_in]
+        # One 2-d matmul [tokens, in] x [in, out]: its backward (x^T dy) then contracts one axis, which the CPU
+        # dot kernels take without relayout copies (contracting batch and length together forces them).
+        rows = math.prod(lead)
+        y = jnp.dot(x.astype(self.dtype).reshape(rows, math.prod(in_shape)),
+                    kernel.astype(self.dtype).reshape(math.prod(in_shape), math.prod(self.features)))
+        y = y.reshape(*lead, *self.features)
         if self.use_bias:
             bias = self.param(
                 "bias",

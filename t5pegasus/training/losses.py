@@ -34,11 +34,11 @@ def cross_entropy(logits: Array, targets: Array, weights: Array | None = None, *
     vocab = logits.shape[-1]
     weights = jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
-    log_probs = logits - log_z[..., None]
-    target_lp = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    target_lp = target_logit - log_z  # no [..., vocab] log-probability tensor is materialised
     if label_smoothing > 0:
         on, off = 1.0 - label_smoothing, label_smoothing / vocab
-        mean_lp = jnp.mean(log_probs, axis=-1)
+        mean_lp = jnp.mean(logits, axis=-1) - log_z
         token_loss = -(on * target_lp + label_smoothing * mean_lp)
         # entropy of the smoothed target distribution: the loss of a perfect prediction
         on_p = on + off
@@ -46,7 +46,9 @@ def cross_entropy(logits: Array, targets: Array, weights: Array | None = None, *
     else:
         token_loss = -target_lp
     z = z_loss * jnp.square(log_z) if z_loss > 0 else jnp.zeros_like(log_z)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    # argmax == target, read off the max the softmax needs anyway (one reduction over the vocabulary, not two;
+    # an exact tie with another token counts as correct)
+    correct = (target_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
     return TokenSums(
         loss=jnp.sum((token_loss + z) * weights),
         z_loss=jnp.sum(z * weights),

@@ -78,23 +78,25 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, sche
         grads = jax.tree.map(lambda g: g / denom, grad_sums)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(sums.loss) & jnp.isfinite(grad_norm)
-        # A non-finite gradient would poison the moments even when the update is discarded: zero it first.
-        safe = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
-        updates, opt_state = tx.update(safe, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = state.ema
-        if ema_tx is not None:
-            _, ema = ema_tx.update(params, state.ema)
 
-        def keep(new: Any, old: Any) -> Any:
-            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        def apply(_: None) -> tuple[Any, Any, Any]:
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            ema = state.ema if ema_tx is None else ema_tx.update(params, state.ema)[1]
+            return params, opt_state, ema
 
+        def skip(_: None) -> tuple[Any, Any, Any]:
+            return state.params, state.opt_state, state.ema
+
+        # A branch, not a `where` over every weight and moment: a skipped step costs nothing, a normal one no
+        # extra pass over the state, and a non-finite gradient never reaches the moments.
+        params, opt_state, ema = jax.lax.cond(finite, apply, skip, None)
         applied = state.step - state.skipped  # optimiser updates before this one
         new_state = state.replace(
             step=state.step + 1,
-            params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state),
-            ema=None if ema is None else keep(ema, state.ema),
+            params=params,
+            opt_state=opt_state,
+            ema=ema,
             bad_in_a_row=jnp.where(finite, 0, state.bad_in_a_row + 1),
             skipped=state.skipped + jnp.where(finite, 0, 1),
         )
