@@ -193,7 +193,10 @@ class Decoder(nn.Module):
         if cfg.tie_word_embeddings:
             logits = self.shared.attend(x)
         else:
-            logits = Dense((cfg.vocab_size,), ("embed", "vocab"), cfg.initializer_factor * cfg.d_model**-0.5,
+            # With the T5 PEGASUS logit scale the head starts d_model**0.5 larger, so a fresh model's logits
+            # start at the scale of an unscaled one (otherwise the head must grow ~d_model**0.5-fold first).
+            std = cfg.initializer_factor * (1.0 if cfg.logits_scaled else cfg.d_model**-0.5)
+            logits = Dense((cfg.vocab_size,), ("embed", "vocab"), std,
                            dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), name="lm_head")(x)
         return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
