@@ -63,7 +63,7 @@ def uninterrupted(corpus, tmp_path_factory):
     result = train(runconfig.load(None, overrides(corpus, out, name="straight", **{"log.tensorboard": True})))
     assert result.final_step == STEPS and result.last_eval is not None
     assert result.checkpoint_steps == [4, 6, 8]  # every 2 steps, the last checkpoint.keep=3 kept
-    assert sorted(int(p.name) for p in (result.run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 6, 8]
+    assert sorted(_finished_checkpoints(result.run_dir)) == [4, 6, 8]
     lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     train_lines = [x for x in lines if x["kind"] == "train"]
     assert len(train_lines) == STEPS and {"loss", "accuracy", "learning_rate", "grad_norm"} <= set(train_lines[-1])
@@ -106,13 +106,7 @@ def test_sigterm_saves_and_stops_then_rerun_resumes_there(corpus, tmp_path, unin
     _, want = uninterrupted
     args = [sys.executable, "-m", "t5pegasus.cli", "pretrain", *overrides(corpus, tmp_path, name="term")]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
-    metrics = tmp_path / "term" / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and sum(1 for x in metrics.read_text().splitlines() if '"train"' in x) >= 3:
-            proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.05)
+    _signal_when(proc, tmp_path / "term", lambda logged: logged >= 3, signal.SIGTERM)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 143, err.decode()[-2000:]
     stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", out.decode()).group(1))
@@ -143,6 +137,21 @@ def test_diverging_run_stops_with_a_clear_error_and_keeps_the_good_checkpoint(co
     assert f"last good checkpoint is step {max(steps)} in" in str(err.value)
 
 
+def _signal_when(proc, run_dir, ready, sig, timeout=240.0):
+    """Poll the run's metrics.jsonl until `ready(train lines logged)` holds, then send `sig` to `proc`; returns
+    the train lines logged by then (the run may also end, or the time run out, first)."""
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + timeout
+    logged = 0
+    while time.time() < deadline and proc.poll() is None:
+        logged = sum(1 for x in metrics.read_text().splitlines() if '"train"' in x) if metrics.exists() else 0
+        if ready(logged):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.05)
+    return logged
+
+
 def _finished_checkpoints(run_dir):
     """Step numbers of the complete checkpoints (orbax renames a step's folder to its number once written)."""
     folder = run_dir / "checkpoints"
@@ -154,17 +163,11 @@ def test_sigkill_at_random_step_then_rerun_matches(corpus, tmp_path, uninterrupt
     args = [sys.executable, "-m", "t5pegasus.cli", "pretrain", *overrides(corpus, tmp_path, name="killed")]
     kill_after = random.Random(os.getpid()).randint(3, STEPS - 2)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
-    metrics = tmp_path / "killed" / "metrics.jsonl"
-    deadline = time.time() + 240
-    logged = 0
-    while time.time() < deadline and proc.poll() is None:
-        logged = sum(1 for x in metrics.read_text().splitlines() if '"train"' in x) if metrics.exists() else 0
-        # a slow machine may still be writing the first asynchronous save at step `kill_after`: wait for one
-        # finished checkpoint so the rerun really resumes (the later ones may be half written when killed)
-        if logged >= kill_after and _finished_checkpoints(tmp_path / "killed"):
-            proc.kill()  # SIGKILL: no handler runs, an async save may be half written
-            break
-        time.sleep(0.05)
+    # a slow machine may still be writing the first asynchronous save at step `kill_after`: wait for one
+    # finished checkpoint so the rerun really resumes (the later ones may be half written when killed).
+    # SIGKILL: no handler runs.
+    logged = _signal_when(proc, tmp_path / "killed",
+                          lambda n: n >= kill_after and _finished_checkpoints(tmp_path / "killed"), signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -9, proc.stderr.read().decode()[-2000:]
     result = train(runconfig.load(None, overrides(corpus, tmp_path, name="killed")))

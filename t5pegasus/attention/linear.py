@@ -38,10 +38,6 @@ def _bidirectional_parts(phi_q: Array, phi_k: Array, v: Array) -> tuple[Array, A
     return num, den
 
 
-def _bidirectional(phi_q: Array, phi_k: Array, v: Array) -> Array:
-    return _normalise(*_bidirectional_parts(phi_q, phi_k, v))
-
-
 def _causal_parts(phi_q: Array, phi_k: Array, v: Array, chunk_size: int) -> tuple[Array, Array]:
     """(num [b, n, h, dv], den [b, n, h]) of query i against keys j <= i: a scan over chunks of `chunk_size`
     positions carrying the prefix state (sum phi(k) v^T, sum phi(k))."""
@@ -79,10 +75,6 @@ def _causal_parts(phi_q: Array, phi_k: Array, v: Array, chunk_size: int) -> tupl
     num = num.swapaxes(0, 1).reshape(b, n + pad, h, dv)[:, :n]
     den = den.swapaxes(0, 1).reshape(b, n + pad, h)[:, :n]
     return num, den
-
-
-def _causal_chunked(phi_q: Array, phi_k: Array, v: Array, chunk_size: int) -> Array:
-    return _normalise(*_causal_parts(phi_q, phi_k, v, chunk_size))
 
 
 def _unilm(phi_q: Array, phi_k: Array, v: Array, segment_ids: Array, chunk_size: int,
@@ -150,10 +142,10 @@ def feature_attention(
     if query_offset is not None:
         raise ValueError("query_offset needs segment_ids (the UniLM mask over a cache)")
     if not causal:
-        return _bidirectional(phi_q, phi_k, v)
+        return _normalise(*_bidirectional_parts(phi_q, phi_k, v))
     if phi_q.shape[1] != phi_k.shape[1]:
         raise ValueError(f"causal linear attention needs equal q/k lengths, got {phi_q.shape} {phi_k.shape}")
-    return _causal_chunked(phi_q, phi_k, v, chunk_size)
+    return _normalise(*_causal_parts(phi_q, phi_k, v, chunk_size))
 
 
 def linear_attention(

@@ -300,9 +300,7 @@ class MultiHeadAttention(nn.Module):
         key_positions = positions
         query_offset = None  # where the queries sit among the keys: the cache index (None: keys are the queries)
         if decode and not is_cross:
-            if self.has_variable("cache", "cache_index"):
-                query_offset = self.get_variable("cache", "cache_index")
-            k, v, key_positions = self._update_cache(k, v, positions if opts.rerope else None)
+            k, v, key_positions, query_offset = self._update_cache(k, v, positions if opts.rerope else None)
         q = constrain(q, ("batch", "length", "heads", "kv"))
         k = constrain(k, ("batch", "length", "heads", "kv"))
         v = constrain(v, ("batch", "length", "heads", "kv"))
@@ -367,9 +365,9 @@ class MultiHeadAttention(nn.Module):
         raise ValueError(f"unknown attention kind {o.kind!r}")
 
     def _update_cache(self, k: Array, v: Array,
-                      positions: Array | None = None) -> tuple[Array, Array, Array | None]:
+                      positions: Array | None = None) -> tuple[Array, Array, Array | None, Array | None]:
         """Write this step's keys/values (and, for ReRoPE, their positions) at the cache index and return the
-        whole cache."""
+        whole cache and the index they were written at (None on the call that creates the cache)."""
         initialised = self.has_variable("cache", "cached_key")
         cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
@@ -379,14 +377,15 @@ class MultiHeadAttention(nn.Module):
             cached_p = self.variable("cache", "cached_position", jnp.zeros, k.shape[:2], jnp.int32)
         index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
         if not initialised:
-            return k, v, positions
-        start = (0, index.value, 0, 0)
+            return k, v, positions, None
+        written_at = index.value
+        start = (0, written_at, 0, 0)
         cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
         cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
         if cached_p is not None:
             cached_p.value = jax.lax.dynamic_update_slice(cached_p.value, positions, start[:2])
         index.value = index.value + k.shape[1]
-        return cached_k.value, cached_v.value, None if cached_p is None else cached_p.value
+        return cached_k.value, cached_v.value, None if cached_p is None else cached_p.value, written_at
 
 
 def count_params(tree: object) -> int:

@@ -98,11 +98,7 @@ class MetricsLog:
                 if isinstance(v, float):
                     self.tb.add_scalar(f"{kind}/{k}", v, step)
             self.tb.flush()
-        if kind == "event" and "bad_in_a_row" in clean:
-            line = (f"loss or gradient not finite (loss={clean.get('nonfinite_loss', float('nan')):.4g}), update "
-                    f"skipped ({int(clean['bad_in_a_row'])} in a row)")
-        else:
-            line = " ".join(_fmt(k, v) for k, v in clean.items() if k in SHOWN)
+        line = " ".join(_fmt(k, v) for k, v in clean.items() if k in SHOWN)
         if self.live is not None:
             if kind == "train":
                 self.live.update(self.task, completed=step, info=line)
@@ -128,12 +124,14 @@ class MetricsLog:
             self.tb.close()
 
 
-SHOWN = ("loss", "accuracy", "learning_rate", "grad_norm", "tokens_per_s", "step_time", "mfu", "skipped")
+SHOWN = ("loss", "accuracy", "learning_rate", "grad_norm", "tokens_per_s", "step_time", "mfu", "skipped",
+         "nonfinite_loss", "bad_in_a_row")
 
 
 def _fmt(k: str, v: Any) -> str:
     short = {"learning_rate": "lr", "tokens_per_s": "tok/s", "step_time": "s/step", "accuracy": "acc",
-             "grad_norm": "|g|"}.get(k, k)
+             "grad_norm": "|g|", "nonfinite_loss": "not finite, update skipped: loss",
+             "bad_in_a_row": "in a row"}.get(k, k)
     if k in ("tokens_per_s",):
         return f"{short}={v:,.0f}"
     if k == "mfu":

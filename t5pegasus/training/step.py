@@ -88,8 +88,8 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, sche
         def skip(_: None) -> tuple[Any, Any, Any]:
             return state.params, state.opt_state, state.ema
 
-        # A branch, not a `where` over every weight and moment: a skipped step costs nothing, a normal one no
-        # extra pass over the state, and a non-finite gradient never reaches the moments.
+        # A branch, not a `where` over every weight and moment: a skipped step does no optimiser work, and a
+        # non-finite gradient never reaches the moments.
         params, opt_state, ema = jax.lax.cond(finite, apply, skip, None)
         applied = state.step - state.skipped  # optimiser updates before this one
         new_state = state.replace(
