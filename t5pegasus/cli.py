@@ -13,6 +13,7 @@ import sys
 
 from t5pegasus import __version__
 from t5pegasus.errors import UserError
+from t5pegasus.host_memory import retain_freed_memory
 
 # name -> (module, one-line help). A module that is not there yet is left out of the command.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -69,6 +70,7 @@ def _quiet_library_logs() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_library_logs()
+    retain_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

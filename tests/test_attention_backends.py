@@ -164,3 +164,19 @@ def test_cudnn_wrapper_hands_cudnn_full_size_bias_and_mask(monkeypatch):
     out = kernels.cudnn_attention(q, k, v, bias, mask, scale=0.3, is_causal=True)
     assert seen == {"implementation": "cudnn", "bias": (1, 1, 6, 10), "mask": (1, 1, 6, 10), "dtype": q.dtype}
     np.testing.assert_allclose(out, einsum_attention(q, k, v, bias, mask, 0.3, is_causal=True), atol=1e-5)
+
+
+def test_memory_attention_equals_einsum_against_the_memory_repeated_per_copy():
+    """Rows example-major (3 copies of each of 2 examples), memory, bias and mask per example."""
+    from t5pegasus.attention import memory_attention, memory_layout
+
+    q, _, _ = _qkv(b=6, t=2, s=9)
+    _, k, v = _qkv(b=2, t=2, s=9, seed=1)
+    bias, mask = _bias_and_mask(2, 3, 2, 9)
+    bias = bias * jnp.array([1.0, -1.0])[:, None, None, None]  # per example, so a wrong pairing shows
+    got = memory_attention(q, *memory_layout(k, v), bias=bias, mask=mask, scale=0.3)
+    rep = lambda x: jnp.repeat(x, 3, axis=0)
+    want = einsum_attention(q, rep(k), rep(v), bias=rep(bias), mask=rep(mask), scale=0.3)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="copies"):
+        memory_attention(q[:5], *memory_layout(k, v))

@@ -66,3 +66,29 @@ def test_beam_scores_equal_uncached_log_probs(setup):
     greedy = np.asarray(tp.generate.generate(tp.generate.T5Decoding(cfg), params, {"source_ids": src},
                                              max_new_tokens=10).tokens)[:, 0]
     assert not np.array_equal(np.asarray(out.tokens)[:, 0], greedy)
+
+
+@pytest.mark.parametrize("realformer", [False, True])
+def test_cache_with_copies_keeps_memory_once_and_equals_repeated_forward(realformer):
+    """init_cache(copies=3): decoder rows are 3 copies per example against one projected memory row per example
+    (RealFormer repeats it for its score carry); stepping equals the uncached forward on repeated sources."""
+    from t5pegasus.models import t5
+
+    cfg = tp.T5Config.preset("tiny", cross_attention_bias=True, realformer=realformer)
+    model = tp.models.T5(cfg)
+    rng = np.random.default_rng(1)
+    src = jnp.asarray(rng.integers(3, cfg.vocab_size, (2, 7)), jnp.int32).at[1, 5:].set(PAD)
+    dec = jnp.asarray(rng.integers(3, cfg.vocab_size, (6, 5)), jnp.int32)
+    params = model.init(jax.random.key(0), src, dec[:2])["params"]
+    want = model.apply({"params": params}, jnp.repeat(src, 3, axis=0), dec)
+    mask = src != PAD
+    encoded = model.apply({"params": params}, src, mask, method=tp.models.T5.encode)
+    cache = t5.init_cache(model, params, encoded, mask, max_length=5, copies=3)
+    memory_rows = {leaf.shape[0] for path, leaf in jax.tree_util.tree_leaves_with_path(cache)
+                   if "cross" in jax.tree_util.keystr(path)}
+    assert memory_rows == {2}
+    got = []
+    for t in range(dec.shape[1]):
+        logits, cache = t5.decode_step(model, params, cache, encoded, mask, dec[:, t:t + 1])
+        got.append(logits)
+    np.testing.assert_allclose(np.concatenate(got, axis=1), want, rtol=1e-5, atol=1e-5)

@@ -6,6 +6,8 @@ from t5pegasus.attention.dot_product import (
     dot_product_attention,
     einsum_attention,
     masked_softmax,
+    memory_attention,
+    memory_layout,
 )
 from t5pegasus.attention.hierarchical import hierarchical_rows, hierarchical_table
 from t5pegasus.attention.kernels import BACKENDS, resolve_backend
@@ -53,6 +55,8 @@ __all__ = [
     "linear_attention",
     "mask_value",
     "masked_softmax",
+    "memory_attention",
+    "memory_layout",
     "newton_schulz_pinv",
     "nystrom_attention",
     "orthogonal_random_features",

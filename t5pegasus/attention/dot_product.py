@@ -55,6 +55,44 @@ def einsum_attention(
     return attention_from_scores(attention_scores(q, k, scale), v, bias, mask, dtype=q.dtype)
 
 
+def memory_layout(k: Array, v: Array) -> tuple[Array, Array]:
+    """Keys [b, k, h, d] -> [b, h, d, k] and values -> [b, h, k, d]: the layout `memory_attention` reads."""
+    return k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
+
+
+def memory_attention(
+    q: Array,
+    k_mem: Array,
+    v_mem: Array,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    scale: float | None = None,
+) -> Array:
+    """`einsum_attention` against a fixed memory stored in `memory_layout`, shared by `copies` query rows.
+
+    For decoding: the cross-attention memory is projected once, but on the einsum path every step would relay
+    the [b, k, h, d] keys and values out again for its batched matmuls (on XLA:CPU a copy of the whole memory
+    per layer per token, and beams repeat it). Stored as the matmuls read it, each step just reads it.
+    q [b * copies, q, h, d] (rows example-major: example i's copies are rows i*copies ..), k_mem [b, h, d, k],
+    v_mem [b, h, k, d]; bias broadcastable to [b, h, q, k] and mask to [b, 1 or h, q, k], both per example.
+    Returns [b * copies, q, h, d] in q's dtype, equal to einsum_attention with the memory repeated per copy.
+    """
+    b = k_mem.shape[0]
+    rows, q_len, h, d = q.shape
+    if rows % b:
+        raise ValueError(f"{rows} query rows are not a whole number of copies of {b} memory rows")
+    scale = d**-0.5 if scale is None else scale
+    qc = q.reshape(b, rows // b, q_len, h, d)
+    scores = jnp.einsum("bcqhd,bhdk->bhcqk", qc, k_mem, preferred_element_type=jnp.float32)
+    if scale != 1.0:
+        scores = scores * scale
+    # [b, h, q, k] per-example terms broadcast over the copies axis.
+    weights = masked_softmax(scores, None if bias is None else jnp.expand_dims(bias, -3),
+                             None if mask is None else jnp.expand_dims(mask, -3))
+    out = jnp.einsum("bhcqk,bhkd->bcqhd", weights.astype(v_mem.dtype), v_mem, preferred_element_type=jnp.float32)
+    return out.reshape(rows, q_len, h, d).astype(q.dtype)
+
+
 def dot_product_attention(
     q: Array,
     k: Array,

@@ -9,7 +9,7 @@ A model is decoded through a `DecodingModel`:
 - `step(params, state, ids [rows, 1]) -> (logits [rows, vocab] float32, state)`: one cached step.
 - `reorder(state, index [rows]) -> state`: gather rows (beam search); row r of the result is row index[r].
   Indices always stay within one example's copies, so per-example constants (encoder states, the projected
-  cross-attention keys/values) need no gathering.
+  cross-attention keys/values) need no gathering: T5 keeps them once per example, not once per row.
 
 Implementations are frozen dataclasses (hashable), so they are static arguments of the compiled loop.
 """
@@ -106,9 +106,8 @@ class T5Decoding:
         mask = ids != self.cfg.pad_token_id if mask is None else jnp.asarray(mask, jnp.bool_)
         model = self._model()
         encoded = model.apply({"params": params}, ids, mask, method=T5.encode)
-        encoded, mask = repeat_rows(encoded, copies), repeat_rows(mask, copies)
-        cache = init_cache(model, params, encoded, mask, max_length=max_new_tokens)
-        rows = encoded.shape[0]
+        cache = init_cache(model, params, encoded, mask, max_length=max_new_tokens, copies=copies)
+        rows = encoded.shape[0] * copies
         prefix = jnp.full((rows, 1), self.cfg.decoder_start_token_id, jnp.int32)
         return Start({"cache": cache, "encoded": encoded, "mask": mask}, prefix, jnp.ones((rows, 1), jnp.bool_))
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from t5pegasus import attention as attn
-from t5pegasus.attention import dot_product_attention
+from t5pegasus.attention import dot_product_attention, kernels
 
 Initializer = Callable[..., Array]
 
@@ -283,11 +283,19 @@ class MultiHeadAttention(nn.Module):
         opts = self.options
         rotary = "none" if is_cross else opts.rotary
         q = self._proj("query", self.q_stddev)(x)
+        if is_cross and decode and opts.kind == "softmax" and prev_scores is None:
+            out = self._attend_memory(q, memory, bias, mask)
+            return self._output(out, x.shape[-1], deterministic)
         if is_cross and decode:
             # Project the memory once, on the first call (cache initialisation), then reuse it.
             k_var = self.variable("cache", "cross_key", lambda: self._proj("key", self.kv_stddev)(memory))
             v_var = self.variable("cache", "cross_value", lambda: self._proj("value", self.kv_stddev)(memory))
             k, v = k_var.value, v_var.value
+            if k.shape[0] != q.shape[0]:  # one memory row per example, `copies` query rows: repeat it here
+                copies = q.shape[0] // k.shape[0]
+                k, v = jnp.repeat(k, copies, axis=0), jnp.repeat(v, copies, axis=0)
+                mask = mask if mask is None or mask.shape[0] == 1 else jnp.repeat(mask, copies, axis=0)
+                key_valid = None if key_valid is None else jnp.repeat(key_valid, copies, axis=0)
         else:
             source = memory if is_cross else x
             k = self._proj("key", self.kv_stddev)(source)
@@ -299,6 +307,10 @@ class MultiHeadAttention(nn.Module):
             k = attn.apply_rope(k, positions, opts.rope_layout, opts.rope_base)
         key_positions = positions
         query_offset = None  # where the queries sit among the keys: the cache index (None: keys are the queries)
+        if decode and not is_cross and prev_scores is None and self._cache_in_memory_layout(q.dtype):
+            k_mem, v_mem, _, _ = self._update_cache(k, v, memory_layout=True)
+            out = attn.memory_attention(q, k_mem, v_mem, bias=bias, mask=mask, scale=self.scale)
+            return self._output(out, x.shape[-1], deterministic)
         if decode and not is_cross:
             k, v, key_positions, query_offset = self._update_cache(k, v, positions if opts.rerope else None)
         q = constrain(q, ("batch", "length", "heads", "kv"))
@@ -314,10 +326,24 @@ class MultiHeadAttention(nn.Module):
         else:
             out = dot_product_attention(q, k, v, bias=bias, mask=mask, scale=self.scale, backend=opts.backend)
             scores = None
-        out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
-        out = Dense((x.shape[-1],), ("heads", "kv", "embed"), self.o_stddev, in_axes=2, use_bias=self.use_bias,
-                    dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+        out = self._output(out, x.shape[-1], deterministic)
         return out if prev_scores is None else (out, scores)
+
+    def _output(self, out: Array, features: int, deterministic: bool) -> Array:
+        out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
+        return Dense((features,), ("heads", "kv", "embed"), self.o_stddev, in_axes=2, use_bias=self.use_bias,
+                     dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+
+    def _attend_memory(self, q: Array, memory: Array, bias: Array | None, mask: Array | None) -> Array:
+        """Cached softmax cross-attention: the memory is projected once (on the call that creates the cache)
+        into `memory_layout`, with one row per example however many copies of it (beams, samples) the
+        queries have; `bias` and `mask` are per example too (see attention.memory_attention)."""
+        def project() -> tuple[Array, Array]:
+            return attn.memory_layout(self._proj("key", self.kv_stddev)(memory),
+                                      self._proj("value", self.kv_stddev)(memory))
+
+        k_mem, v_mem = self.variable("cache", "cross_memory", project).value
+        return attn.memory_attention(q, k_mem, v_mem, bias=bias, mask=mask, scale=self.scale)
 
     def _rerope(self, q: Array, k: Array, v: Array, bias: Array | None, mask: Array | None, positions: Array,
                 key_positions: Array, prev_scores: Array | None) -> tuple[Array, Array]:
@@ -364,10 +390,25 @@ class MultiHeadAttention(nn.Module):
                                           query_valid=None if is_cross else key_valid)
         raise ValueError(f"unknown attention kind {o.kind!r}")
 
-    def _update_cache(self, k: Array, v: Array,
-                      positions: Array | None = None) -> tuple[Array, Array, Array | None, Array | None]:
+    def _cache_in_memory_layout(self, dtype: jnp.dtype) -> bool:
+        """Whether the self-attention cache is kept in `attention.memory_layout`: for softmax attention (no
+        ReRoPE) where a one-token cached step runs the einsum path anyway (CPU, TPU), which would otherwise
+        relay the whole cache out on every step. A fused kernel (GPU) reads the standard layout itself."""
+        o = self.options
+        if o.kind != "softmax" or o.rerope:
+            return False
+        call = kernels.Call(platform=jax.default_backend(), dtype=dtype, q_len=1, k_len=1,
+                                 head_dim=self.head_dim, has_bias=False, has_mask=True, training=False,
+                                 multi_device=jax.sharding.get_abstract_mesh().size > 1)
+        return kernels.resolve_backend(o.backend, call) == "einsum"
+
+    def _update_cache(self, k: Array, v: Array, positions: Array | None = None,
+                      memory_layout: bool = False) -> tuple[Array, Array, Array | None, Array | None]:
         """Write this step's keys/values (and, for ReRoPE, their positions) at the cache index and return the
-        whole cache and the index they were written at (None on the call that creates the cache)."""
+        whole cache and the index they were written at (None on the call that creates the cache). With
+        `memory_layout` the cache (and what is returned) is in `attention.memory_layout`."""
+        if memory_layout:
+            k, v = attn.memory_layout(k, v)
         initialised = self.has_variable("cache", "cached_key")
         cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
@@ -380,11 +421,12 @@ class MultiHeadAttention(nn.Module):
             return k, v, positions, None
         written_at = index.value
         start = (0, written_at, 0, 0)
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
+        k_start, v_start = ((0, 0, 0, written_at), (0, 0, written_at, 0)) if memory_layout else (start, start)
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), k_start)
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), v_start)
         if cached_p is not None:
             cached_p.value = jax.lax.dynamic_update_slice(cached_p.value, positions, start[:2])
-        index.value = index.value + k.shape[1]
+        index.value = index.value + v.shape[-2 if memory_layout else 1]
         return cached_k.value, cached_v.value, None if cached_p is None else cached_p.value, written_at
 
 

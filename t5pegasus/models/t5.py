@@ -241,10 +241,12 @@ class T5(nn.Module):
         return self.decode(encoded, encoder_mask, decoder_ids, decoder_mask, deterministic=deterministic)
 
 
-def init_cache(model: T5, params: Any, encoded: Array, encoder_mask: Array, max_length: int) -> Any:
-    """An empty KV cache for `max_length` decoder positions, with the cross-attention memory projected once."""
-    batch = encoded.shape[0]
-    dummy = jnp.zeros((batch, max_length), jnp.int32)
+def init_cache(model: T5, params: Any, encoded: Array, encoder_mask: Array, max_length: int,
+               copies: int = 1) -> Any:
+    """An empty KV cache for `max_length` decoder positions of `copies` rows per example (beams, samples:
+    example-major), with the cross-attention memory projected once per example. Decode steps then take ids of
+    batch * copies rows with the same (unrepeated) `encoded` and `encoder_mask`."""
+    dummy = jnp.zeros((encoded.shape[0] * copies, max_length), jnp.int32)
     _, variables = model.apply({"params": params}, encoded, encoder_mask, dummy, decode=True, method=T5.decode,
                                mutable=["cache"])
     return variables["cache"]
