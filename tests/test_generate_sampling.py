@@ -155,3 +155,13 @@ def test_bad_settings_are_user_errors():
             tp.generate.Settings(**kw)
     with pytest.raises(tp.UserError):
         tp.generate.generate(Bigram(), table(), {"prompt": PROMPT}, beams=3)
+
+
+def test_greedy_token_is_jnp_argmax_with_ties_and_nan():
+    from t5pegasus.decoding.processors import greedy_token
+
+    rng = np.random.default_rng(3)
+    scores = rng.integers(-3, 4, (64, 50)).astype(np.float32)  # many ties: the first maximum wins
+    scores[5, [7, 20]] = np.nan
+    scores[6, :] = -np.inf
+    np.testing.assert_array_equal(greedy_token(jnp.asarray(scores)), jnp.argmax(jnp.asarray(scores), axis=-1))

@@ -15,6 +15,14 @@ from t5pegasus.decoding.settings import Settings
 NEG_INF = -jnp.inf
 
 
+def greedy_token(scores: Array) -> Array:
+    """jnp.argmax over the last axis (the first maximum; a NaN counts as the maximum), as a max and a min
+    reduction: XLA:CPU runs those vectorised, its (value, index) argmax reduction about 3x slower."""
+    top = jnp.max(scores, axis=-1, keepdims=True)
+    hit = (scores == top) | jnp.isnan(scores)
+    return jnp.min(jnp.where(hit, jnp.arange(scores.shape[-1]), scores.shape[-1]), axis=-1)
+
+
 def _seen(seq: Array, valid: Array, vocab: int) -> Array:
     """[rows, vocab] bool: which tokens occur at valid positions of each row."""
     rows = jnp.arange(seq.shape[0])[:, None]

@@ -56,7 +56,7 @@ def sample_or_greedy(model: DecodingModel, params: Any, start: Start, settings: 
             logits = processors.support(logits, settings, eos)
             token = jax.random.categorical(jax.random.fold_in(rng, t), logits, axis=-1)
         else:
-            token = jnp.argmax(logits, axis=-1)
+            token = processors.greedy_token(logits)
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
         token = jnp.where(done, pad, token).astype(jnp.int32)
         scores = scores + jnp.where(done, 0.0, logp)
