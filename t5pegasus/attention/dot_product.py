@@ -56,8 +56,9 @@ def einsum_attention(
 
 
 def memory_layout(k: Array, v: Array) -> tuple[Array, Array]:
-    """Keys [b, k, h, d] -> [b, h, d, k] and values -> [b, h, k, d]: the layout `memory_attention` reads."""
-    return k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
+    """Keys and values [b, k, h, d] -> [b, h, d, k]: the layout `memory_attention` reads (on XLA:CPU the
+    faster one for both of its matmuls, measured with 1 and 4 query rows per example)."""
+    return k.transpose(0, 2, 3, 1), v.transpose(0, 2, 3, 1)
 
 
 def memory_attention(
@@ -73,8 +74,8 @@ def memory_attention(
     For decoding: the cross-attention memory is projected once, but on the einsum path every step would relay
     the [b, k, h, d] keys and values out again for its batched matmuls (on XLA:CPU a copy of the whole memory
     per layer per token, and beams repeat it). Stored as the matmuls read it, each step just reads it.
-    q [b * copies, q, h, d] (rows example-major: example i's copies are rows i*copies ..), k_mem [b, h, d, k],
-    v_mem [b, h, k, d]; bias broadcastable to [b, h, q, k] and mask to [b, 1 or h, q, k], both per example.
+    q [b * copies, q, h, d] (rows example-major: example i's copies are rows i*copies ..), k_mem and v_mem
+    [b, h, d, k]; bias broadcastable to [b, h, q, k] and mask to [b, 1 or h, q, k], both per example.
     Returns [b * copies, q, h, d] in q's dtype, equal to einsum_attention with the memory repeated per copy.
     """
     b = k_mem.shape[0]
@@ -89,7 +90,7 @@ def memory_attention(
     # [b, h, q, k] per-example terms broadcast over the copies axis.
     weights = masked_softmax(scores, None if bias is None else jnp.expand_dims(bias, -3),
                              None if mask is None else jnp.expand_dims(mask, -3))
-    out = jnp.einsum("bhcqk,bhkd->bcqhd", weights.astype(v_mem.dtype), v_mem, preferred_element_type=jnp.float32)
+    out = jnp.einsum("bhcqk,bhdk->bcqhd", weights.astype(v_mem.dtype), v_mem, preferred_element_type=jnp.float32)
     return out.reshape(rows, q_len, h, d).astype(q.dtype)
 
 

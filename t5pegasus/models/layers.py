@@ -421,12 +421,12 @@ class MultiHeadAttention(nn.Module):
             return k, v, positions, None
         written_at = index.value
         start = (0, written_at, 0, 0)
-        k_start, v_start = ((0, 0, 0, written_at), (0, 0, written_at, 0)) if memory_layout else (start, start)
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), k_start)
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), v_start)
+        kv_start = (0, 0, 0, written_at) if memory_layout else start
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), kv_start)
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), kv_start)
         if cached_p is not None:
             cached_p.value = jax.lax.dynamic_update_slice(cached_p.value, positions, start[:2])
-        index.value = index.value + v.shape[-2 if memory_layout else 1]
+        index.value = index.value + k.shape[-1 if memory_layout else 1]
         return cached_k.value, cached_v.value, None if cached_p is None else cached_p.value, written_at
 
 
