@@ -4,7 +4,7 @@ glibc's malloc serves a request above its mmap threshold (128 KiB, rising to at 
 mmap and unmaps it on free. XLA:CPU allocates each executable's temporary buffer, and every output larger
 than that, on every call, so a step whose buffers outgrow the threshold pays for faulting in and zeroing all
 of those pages again each time: measured here, a 16k-token linear-attention forward + backward went from
-about 52 ms to 38 ms with the threshold raised, and a 4k-token one was unchanged. Raising the mmap and trim
+about 76 ms to 48 ms with the thresholds raised, and a 4k-token one was unchanged. Raising the mmap and trim
 thresholds makes glibc reuse the freed blocks from its heap instead, as tcmalloc or jemalloc would. The cost
 is that the process keeps its high-water mark of host memory instead of returning it to the system, which is
 what a training or generation process wants anyway.
