@@ -171,3 +171,41 @@ def test_user_errors_are_one_line(work, case, capsys, tmp_path):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_metric_bleu_keeps_the_best_by_bleu(work):
+    """--metric bleu: best/ holds the step with the highest dev BLEU (the first one on a tie), whatever
+    ROUGE-L says, and each eval line carries best_bleu."""
+    d = work
+    args = finetune_args(d, 6)
+    args[args.index("--output") + 1] = str(d / "ft-bleu")
+    code, out = _run(*args, "--metric", "bleu")
+    assert code == 0, out
+    evals = [json.loads(x) for x in (d / "ft-bleu" / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert [e["step"] for e in evals] == [2, 4, 6] and all("best_bleu" in e for e in evals)
+    best = json.loads((d / "ft-bleu" / "best" / "metrics.json").read_text())
+    assert best["metric"] == "bleu" and best["value"] == max(e["bleu"] for e in evals)
+    assert best["step"] == max(evals, key=lambda e: (e["bleu"], -e["step"]))["step"]
+    assert evals[-1]["best_bleu"] == best["value"]
+
+
+def test_finetune_from_a_hf_folder_starts_from_its_weights(work, tmp_path):
+    """--init HF_DIR (a HF transformers T5 folder with its vocab.txt): with a learning rate of 1e-30 (updates far
+    below float32 resolution) the best model holds the HF folder's weights, read back through another export."""
+    import t5pegasus as tp
+
+    d = work
+    assert main(["convert", str(d / "pre"), str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "vocab.txt").is_file()
+    args = finetune_args(d, 2)
+    args[args.index("--init") + 1] = str(tmp_path / "hf")
+    args[args.index("--output") + 1] = str(tmp_path / "ft")
+    args[args.index("--lr") + 1] = "1e-30"
+    code, out = _run(*args)
+    assert code == 0, out
+    assert main(["convert", str(tmp_path / "ft" / "best"), str(tmp_path / "back")]) == 0
+    cfg, want = tp.convert.load_hf(tmp_path / "hf")
+    cfg_back, got = tp.convert.load_hf(tmp_path / "back")
+    assert cfg_back == cfg
+    for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-20)

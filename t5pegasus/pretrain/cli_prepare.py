@@ -6,7 +6,8 @@ import argparse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", help="text files or directories, 'peoples-daily', or tfds:NAME[:SPLIT]")
+    parser.add_argument("inputs", nargs="+",
+                        help="text files or directories, 'peoples-daily', or tfds:NAME[:SPLIT[:FIELD]]")
     parser.add_argument("-o", "--output", required=True, help="dataset directory to create")
     parser.add_argument("--tokenizer", required=True, help="vocab.txt (T5 PEGASUS) or sentencepiece .model")
     parser.add_argument("--tokenizer-kind", default="auto", choices=["auto", "wordpiece", "sentencepiece", "cpm"])
@@ -21,6 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-sentences", type=int, default=3)
     parser.add_argument("--doc-sep", default="line", choices=["line", "blank"],
                         help="one document per line, or blocks separated by blank lines")  # fmt: skip
+    parser.add_argument("--tfds-data-dir", metavar="DIR",
+                        help="where a tfds: dataset is prepared (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     stats = prepare_dataset(
         args.inputs, args.output, tok, tokenizer_spec(args.tokenizer, tok, kind), config,
-        doc_sep=args.doc_sep, overwrite=args.overwrite, progress=args.progress,
+        doc_sep=args.doc_sep, tfds_data_dir=args.tfds_data_dir, overwrite=args.overwrite, progress=args.progress,
     )  # fmt: skip
     for line in summary_lines(stats):
         print(line)

@@ -21,8 +21,10 @@ from t5pegasus.text.base import Tokenizer
 PEOPLES_DAILY = "peoples-daily"
 
 
-def iter_source_documents(inputs: Sequence[str], stats: Counter[str], doc_sep: str = "line") -> Iterator[str]:
-    """Raw documents of the named inputs (see module doc), counted into `stats`."""
+def iter_source_documents(inputs: Sequence[str], stats: Counter[str], doc_sep: str = "line",
+                          tfds_data_dir: str | os.PathLike | None = None) -> Iterator[str]:
+    """Raw documents of the named inputs (see module doc), counted into `stats`. `tfds_data_dir`: where a
+    `tfds:` dataset is looked for (default: tfds's own, $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
     if len(inputs) == 1 and inputs[0] == PEOPLES_DAILY:
         from t5pegasus.pretrain.corpora import iter_peoples_daily_documents
 
@@ -30,18 +32,19 @@ def iter_source_documents(inputs: Sequence[str], stats: Counter[str], doc_sep: s
             stats["documents read"] += 1
             yield doc
     elif len(inputs) == 1 and inputs[0].startswith("tfds:"):
-        yield from _tfds_documents(inputs[0], stats)
+        yield from _tfds_documents(inputs[0], stats, tfds_data_dir)
     else:
         yield from read_documents(inputs, stats, doc_sep)
 
 
-def _tfds_documents(spec: str, stats: Counter[str]) -> Iterator[str]:
+def _tfds_documents(spec: str, stats: Counter[str], data_dir: str | os.PathLike | None) -> Iterator[str]:
     import tensorflow_datasets as tfds
 
     parts = spec.split(":")[1:] + ["", ""]
     name, split, field = parts[0], parts[1] or "train", parts[2] or "text"
     try:
-        source = tfds.data_source(name, split=split, download=False)
+        source = tfds.data_source(name, split=split, data_dir=None if data_dir is None else str(data_dir),
+                                  download=False)
     except Exception as e:  # tfds raises many kinds for a missing dataset
         raise UserError(f"tfds dataset {name!r} split {split!r} is not available locally ({e})") from None
     for ex in source:
@@ -63,6 +66,7 @@ def prepare_dataset(
     config: ExampleConfig,
     *,
     doc_sep: str = "line",
+    tfds_data_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> Counter[str]:
@@ -76,7 +80,7 @@ def prepare_dataset(
     show = sys.stderr.isatty() if progress is None else progress
 
     def examples():
-        docs = iter_source_documents(list(inputs), stats, doc_sep)
+        docs = iter_source_documents(list(inputs), stats, doc_sep, tfds_data_dir)
         for doc in tqdm(docs, desc="documents", unit=" doc", disable=not show, file=sys.stderr):
             yield from maker(doc)
 
