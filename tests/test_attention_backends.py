@@ -180,3 +180,17 @@ def test_memory_attention_equals_einsum_against_the_memory_repeated_per_copy():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="copies"):
         memory_attention(q[:5], *memory_layout(k, v))
+
+
+def test_softmax_and_its_gradient_equal_jax_nn_softmax():
+    from t5pegasus.attention.dot_product import softmax
+
+    x = jax.random.normal(jax.random.key(3), (3, 5, 17)) * 4
+    x = x.at[1, 2].set(-1e30)  # a fully masked row (finite mask value): uniform, finite gradient
+    cot = jax.random.normal(jax.random.key(4), x.shape)
+    np.testing.assert_allclose(softmax(x), jax.nn.softmax(x, axis=-1), rtol=1e-6, atol=1e-7)
+    ours = jax.grad(lambda v: jnp.sum(softmax(v) * cot))(x)
+    want = jax.grad(lambda v: jnp.sum(jax.nn.softmax(v, axis=-1) * cot))(x)
+    np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-6)
+    second = jax.grad(lambda v: jnp.sum(jax.grad(lambda u: jnp.sum(softmax(u) * cot))(v) ** 2))(x)
+    assert np.isfinite(np.asarray(second)).all()

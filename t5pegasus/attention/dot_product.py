@@ -22,13 +22,32 @@ def attention_scores(q: Array, k: Array, scale: float | None = None) -> Array:
     return scores * scale if scale != 1.0 else scores
 
 
+@jax.custom_jvp
+def softmax(x: Array) -> Array:
+    """Softmax over the last axis, differentiated as y * (dx - sum(y * dx)).
+
+    jax.nn.softmax does the same only under the `jax_softmax_custom_jvp` flag (off by default); otherwise its
+    gradient goes through exp(x - max) / sum by the quotient rule. In a t5-pegasus-small train step on
+    XLA:CPU this cut the encoder's softmax-backward fusions from 193 to 127 ms of profiled op time (the step's
+    wall time stayed within run-to-run noise on 2 cores)."""
+    unnormalized = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True)))
+    return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
+
+
+@softmax.defjvp
+def _softmax_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+    (x,), (dx,) = primals, tangents
+    y = softmax(x)
+    return y, y * (dx - jnp.sum(y * dx, axis=-1, keepdims=True))
+
+
 def masked_softmax(scores: Array, bias: Array | None = None, mask: Array | None = None) -> Array:
     """Softmax over the last axis of float32 scores after adding `bias` and masking out `mask == False`."""
     if bias is not None:
         scores = scores + bias.astype(scores.dtype)
     if mask is not None:
         scores = jnp.where(mask, scores, mask_value(scores.dtype))
-    return jax.nn.softmax(scores, axis=-1)
+    return softmax(scores)
 
 
 def attention_from_scores(
