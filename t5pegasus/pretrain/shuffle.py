@@ -50,19 +50,36 @@ def _line_bounds(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, ends
 
 
+def _write_lines(arr: np.ndarray, starts: np.ndarray, lengths: np.ndarray, out) -> None:
+    """Write the lines arr[starts[i] : starts[i] + lengths[i]], in that order, gathered ~CHUNK bytes at a time
+    (so the byte-index arrays stay small)."""
+    cum = np.cumsum(lengths)  # output offset after each line
+    i, n = 0, len(starts)
+    while i < n:
+        base = int(cum[i - 1]) if i else 0
+        j = max(i + 1, int(np.searchsorted(cum, base + CHUNK, side="right")))
+        ln = lengths[i:j]
+        first = np.repeat(starts[i:j] - (cum[i:j] - ln - base), ln)  # source offset minus output offset
+        out.write(arr[first + np.arange(first.size)].tobytes())
+        i = j
+
+
 def _scatter(block: bytes, files: list, rng: np.random.Generator) -> int:
-    """Send each complete line of `block` to a random bucket; returns the number of lines."""
+    """Send each complete line of `block` to a random bucket; returns the number of lines. Lines are grouped
+    by bucket with one stable sort (keeping their order within a bucket), then each bucket's run is written."""
     arr = np.frombuffer(block, np.uint8)
     starts, ends = _line_bounds(arr)
     n = len(starts)
     if n == 0:
         return 0
     buckets = rng.integers(0, len(files), size=n, dtype=np.uint16)
-    labels = np.repeat(buckets, ends - starts)
+    order = np.argsort(buckets, kind="stable")
+    bounds = np.searchsorted(buckets[order], np.arange(len(files) + 1))
+    starts, lengths = starts[order], (ends - starts)[order]
     for b, f in enumerate(files):
-        part = arr[labels == b]
-        if part.size:
-            f.write(part.tobytes())
+        lo, hi = bounds[b], bounds[b + 1]
+        if hi > lo:
+            _write_lines(arr, starts[lo:hi], lengths[lo:hi], f)
     return n
 
 
@@ -76,15 +93,7 @@ def _permute_into(data: bytes, out, rng: np.random.Generator) -> int:
     starts[0:1], starts[1:] = 0, ends[:-1]
     starts, lengths = starts[order], (ends - starts)[order]
     del ends, order
-    cum = np.cumsum(lengths)  # output offset after each permuted line
-    i = 0
-    while i < n:
-        base = int(cum[i - 1]) if i else 0
-        j = max(i + 1, int(np.searchsorted(cum, base + CHUNK, side="right")))
-        ln = lengths[i:j]
-        first = np.repeat(starts[i:j] - (cum[i:j] - ln - base), ln)  # source offset minus output offset
-        out.write(arr[first + np.arange(first.size)].tobytes())
-        i = j
+    _write_lines(arr, starts, lengths, out)
     return n
 
 
