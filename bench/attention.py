@@ -27,7 +27,7 @@ from t5pegasus.attention import (
     orthogonal_random_features,
     performer_attention,
 )
-from t5pegasus.host_memory import retain_freed_memory
+from t5pegasus.host_memory import describe, retain_freed_memory
 
 HEAD_DIM = 64
 PERFORMER_FEATURES = 128
@@ -110,7 +110,7 @@ def machine() -> str:
 
 
 def main() -> None:
-    retained = retain_freed_memory()  # as the `t5pegasus` command does; applies to the reference in this process too
+    retain_freed_memory()  # as the `t5pegasus` command does; applies to the reference in this process too
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="1024,2048,4096,8192,16384")
     parser.add_argument("--heads", type=int, default=2)
@@ -160,7 +160,7 @@ def main() -> None:
             "softmax_chunked_query_block": QUERY_CHUNK,
             "linear_chunk": 128,
             "jax": jax.__version__,
-            "host_malloc": "freed memory retained" if retained else "system default",
+            "host_malloc": describe(),
         },
         "per_length": results,
     }

@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from t5pegasus.host_memory import retain_freed_memory  # noqa: E402
+from t5pegasus.host_memory import describe, retain_freed_memory  # noqa: E402
 
 BATCH, SRC, TGT = 8, 256, 64
 WARMUP, STEPS = 2, 5
@@ -95,7 +95,7 @@ def reference(batch: dict[str, np.ndarray]) -> float:
 
 
 def main() -> None:
-    retained = retain_freed_memory()  # as the `t5pegasus` command does; applies to the reference in this process too
+    retain_freed_memory()  # as the `t5pegasus` command does; applies to the reference in this process too
     from t5pegasus.training.metrics import measure_matmul_peak
 
     rng = np.random.default_rng(0)
@@ -119,7 +119,7 @@ def main() -> None:
         "bench": "train_step", "unit": "tokens/s", "ours": round(ours_tps, 1), "reference": round(ref_tps, 1),
         "ratio": round(ours_tps / ref_tps, 3), "peak_fraction": round(mfu, 3),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {jax.default_backend()}",
-        "config": {"host_malloc": "freed memory retained" if retained else "system default",
+        "config": {"host_malloc": describe(),
                    "model": "t5-pegasus-small", "batch": BATCH, "source": SRC, "target": TGT, "dtype": "float32",
                    "optimizer": "AdamW", "peak_gflops": round(peak / 1e9, 1), "model_gflop_per_step":
                    round(flops / 1e9, 1), "steps_timed": STEPS},

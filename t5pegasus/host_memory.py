@@ -40,3 +40,8 @@ def retain_freed_memory() -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     _done = bool(mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _THRESHOLD))
     return _done
+
+
+def describe() -> str:
+    """How this process's host allocator is set, for a bench's JSON record."""
+    return "freed memory retained" if _done else "system default"
