@@ -18,6 +18,7 @@ from jax import Array
 
 from t5pegasus import attention as attn
 from t5pegasus.attention import dot_product_attention, kernels
+from t5pegasus.models.matmul import matmul
 
 Initializer = Callable[..., Array]
 
@@ -78,8 +79,8 @@ class Embed(nn.Module):
     def attend(self, x: Array) -> Array:
         """x @ embedding^T: logits over the vocabulary, accumulated in float32."""
         lead = x.shape[:-1]
-        logits = jnp.dot(x.reshape(-1, x.shape[-1]), self.embedding.astype(self.dtype).T,
-                         preferred_element_type=jnp.float32)  # one 2-d matmul (see Dense)
+        logits = matmul(x.reshape(-1, x.shape[-1]), self.embedding.astype(self.dtype).T,
+                        jnp.float32)  # one 2-d matmul (see Dense)
         return logits.reshape(*lead, self.num_embeddings)
 
 
@@ -108,8 +109,8 @@ class Dense(nn.Module):
         # One 2-d matmul [tokens, in] x [in, out]: its backward (x^T dy) then contracts one axis, which the CPU
         # dot kernels take without relayout copies (contracting batch and length together forces them).
         rows = math.prod(lead)
-        y = jnp.dot(x.astype(self.dtype).reshape(rows, math.prod(in_shape)),
-                    kernel.astype(self.dtype).reshape(math.prod(in_shape), math.prod(self.features)))
+        y = matmul(x.astype(self.dtype).reshape(rows, math.prod(in_shape)),
+                   kernel.astype(self.dtype).reshape(math.prod(in_shape), math.prod(self.features)))
         y = y.reshape(*lead, *self.features)
         if self.use_bias:
             bias = self.param(
