@@ -1,7 +1,7 @@
 """The 2-d matmul behind every projection, with a backward pass laid out for the CPU's fast dot kernels.
 
 Autodiff computes a weight gradient as x^T dy: a dot contracting the token axis of both operands. XLA:CPU
-hands that layout to its Eigen fallback, which runs it 7-30% slower than the YNNPACK kernels it uses for
+hands that layout to its Eigen fallback, which ran it 8-19% slower than the YNNPACK kernels it uses for
 plain [m, k] x [k, n] dots (t5-pegasus-small shapes, 2-core x86). On the CPU backend, `matmul`'s custom
 backward therefore materialises x^T (a copy of the activations, a few MB) behind an optimisation barrier, so
 XLA cannot fold the transpose back into the dot, and the weight gradient becomes a plain dot. Elsewhere
