@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -40,8 +39,3 @@ def train_step_options() -> dict[str, Any]:
     if jax.default_backend() != "cpu" or SEQUENTIAL_CPU_SCHEDULE in os.environ.get("XLA_FLAGS", ""):
         return {}
     return {SEQUENTIAL_CPU_SCHEDULE: False} if _accepted(SEQUENTIAL_CPU_SCHEDULE, False) else {}
-
-
-def jit_train(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
-    """`jax.jit(fn, **jit_kwargs)` with `train_step_options()`."""
-    return jax.jit(fn, compiler_options=train_step_options() or None, **jit_kwargs)

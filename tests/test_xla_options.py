@@ -18,7 +18,7 @@ def test_cpu_train_step_turns_the_concurrency_scheduler_off(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     assert xla_options._accepted(xla_options.SEQUENTIAL_CPU_SCHEDULE, False)
     assert xla_options.train_step_options() == {xla_options.SEQUENTIAL_CPU_SCHEDULE: False}
-    step = xla_options.jit_train(lambda x: x * 2, donate_argnums=(0,))
+    step = jax.jit(lambda x: x * 2, donate_argnums=(0,), compiler_options=xla_options.train_step_options())
     assert float(step(jnp.ones(()))) == 2.0
 
 

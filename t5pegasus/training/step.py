@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding
 from t5pegasus.training.losses import TokenSums
 from t5pegasus.training.objectives import Batch, Objective
 from t5pegasus.training.state import TrainState, ema_params, ema_transform
-from t5pegasus.xla_options import jit_train
+from t5pegasus.xla_options import train_step_options
 
 Metrics = dict[str, Array]
 
@@ -118,8 +118,8 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, sche
 def jit_train_step(step: Callable, state_shardings: TrainState, batch_sharding: NamedSharding) -> Callable:
     """jax.jit with in/out shardings and the train-step compiler options (`xla_options`); the state argument
     is donated (updated in place)."""
-    return jit_train(step, in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
-                     donate_argnums=(0,))
+    return jax.jit(step, in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
+                   donate_argnums=(0,), compiler_options=train_step_options() or None)
 
 
 def make_eval_step(objective: Objective, *, use_ema: bool = False,
