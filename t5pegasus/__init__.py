@@ -15,15 +15,16 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"attention", "models", "text", "pretrain", "training", "convert", "finetune", "generate", "config"}
-_CONFIG_NAMES = {"T5Config", "BertConfig", "GPTConfig", "load_config"}
+_SUBMODULES = {"attention", "models", "text", "pretrain", "training", "convert", "finetune", "generate", "config",
+               "families", "decoding"}
+_CONFIG_NAMES = {"T5Config": "families", "BertConfig": "families", "GPTConfig": "families", "load_config": "config"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"t5pegasus.{name}")
     if name in _CONFIG_NAMES:
-        return getattr(importlib.import_module("t5pegasus.config"), name)
+        return getattr(importlib.import_module(f"t5pegasus.{_CONFIG_NAMES[name]}"), name)
     if name == "UserError":
         from t5pegasus.errors import UserError
 
@@ -32,4 +33,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _SUBMODULES | _CONFIG_NAMES | {"UserError"})
+    return sorted(set(globals()) | _SUBMODULES | set(_CONFIG_NAMES) | {"UserError"})

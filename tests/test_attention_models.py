@@ -180,25 +180,25 @@ def test_t5_position_kinds_train(position, realformer):
 def test_invalid_combinations_are_refused(family, kind, position):
     make = gpt_cfg if family == "gpt" else bert_cfg
     extra = {} if family == "gpt" else {"attention": "unilm" if family == "unilm" else "bidirectional"}
-    with pytest.raises(tp.UserError, match=r"invalid (Bert|GPT)Config: .*(needs attention_kind='softmax'|no causal)"):
+    with pytest.raises(tp.UserError, match=r"invalid (Bert|GPT)Config: .*(needs attention.kind='softmax'|no causal)"):
         make(attention_kind=kind, position_kind=position, **extra)
 
 
 @pytest.mark.parametrize("make,overrides,match", [
-    (bert_cfg, dict(attention_kind="flash"), "attention_kind 'flash' is not one of softmax, linear, performer"),
-    (gpt_cfg, dict(position_kind="alibi"), "position_kind 'alibi' is not one of learned, rope, rerope"),
-    (bert_cfg, dict(rope_layout="neox"), "rope_layout 'neox' is not one of interleaved, half"),
-    (gpt_cfg, dict(attention_backend="triton"), "attention_backend 'triton' is not one of auto, einsum, xla"),
+    (bert_cfg, dict(attention_kind="flash"), "attention.kind 'flash' is not one of softmax, linear, performer"),
+    (gpt_cfg, dict(position_kind="alibi"), "attention.position 'alibi' is not one of learned, rope, rerope"),
+    (bert_cfg, dict(rope_layout="neox"), "attention.rope_layout 'neox' is not one of interleaved, half"),
+    (gpt_cfg, dict(attention_backend="triton"), "attention.backend 'triton' is not one of auto, einsum, xla"),
     (bert_cfg, dict(attention="causal", attention_kind="nystrom"), "nystrom' has no causal form"),
     (bert_cfg, dict(attention="unilm", attention_kind="nystrom"),
-     "attention='unilm' needs attention_kind='softmax', 'linear' or 'performer'"),
-    (bert_cfg, dict(attention_kind="linear", realformer=True), "realformer needs attention_kind='softmax'"),
+     "mask='unilm' needs attention.kind='softmax', 'linear' or 'performer'"),
+    (bert_cfg, dict(attention_kind="linear", realformer=True), "realformer needs attention.kind='softmax'"),
     (bert_cfg, dict(attention_kind="performer", attention_backend="cudnn"), "has no effect"),
     (gpt_cfg, dict(realformer=True, attention_backend="flash"), "has no effect with realformer"),
     (gpt_cfg, dict(position_kind="rope", head_dim=7, hidden_size=28, num_heads=4), "must be even"),
     (gpt_cfg, dict(position_kind="leaky_rerope", rerope_leaky=1.0), "rerope_leaky must be > 1"),
     (bert_cfg, dict(performer_features=0), "performer_features must be positive"),
-    (t5_cfg, dict(position_kind="learned"), "position_kind 'learned' is not one of relative_bias, rope"),
+    (t5_cfg, dict(position_kind="learned"), "attention.position 'learned' is not one of relative_bias, rope"),
     (t5_cfg, dict(position_kind="rope", cross_attention_bias=True), "set cross_attention_bias=False"),
     (t5_cfg, dict(realformer=True, attention_backend="cudnn"), "has no effect with realformer"),
 ])
@@ -211,21 +211,44 @@ def test_defaults_keep_todays_models_and_configs_round_trip(tmp_path):
     """Defaults are the HF-parity models; a config saved before these fields existed still loads."""
     for cls in (tp.BertConfig, tp.GPTConfig, tp.T5Config):
         cfg = cls.preset("tiny")
-        assert getattr(cfg, "attention_kind", "softmax") == "softmax" and cfg.attention_backend == "auto"
-        assert cfg.position_kind == ("relative_bias" if cls is tp.T5Config else "learned") and not cfg.realformer
-        old = {k: v for k, v in cfg.to_dict().items() if k not in ("attention_kind", "position_kind", "realformer")}
+        assert cfg.attention.kind == "softmax" and cfg.attention.backend == "auto"
+        assert cfg.attention.position == ("relative_bias" if cls is tp.T5Config else "learned")
+        assert not cfg.attention.realformer
+        old = {k: v for k, v in cfg.to_dict().items() if k != "attention"}
         assert cls.from_dict(old) == cfg
         switched = cfg.replace(position_kind="rope", realformer=True)
         switched.save(tmp_path / f"{cls.family}.json")
         assert cls.load(tmp_path / f"{cls.family}.json") == switched
 
 
+def test_old_flat_config_files_load(tmp_path):
+    """Configs written before the attention switches were nested (flat `attention_kind`, `position_kind`, ...;
+    BERT's mask named `attention`) load as the same model; saving writes the nested form."""
+    import json
+
+    flat_bert = {"family": "bert", **{k: v for k, v in bert_cfg().to_dict().items() if k not in ("family", "mask",
+                                                                                                 "attention")},
+                 "attention": "unilm", "attention_kind": "linear", "position_kind": "rope", "rope_base": 500.0,
+                 "performer_features": 16, "realformer": False, "attention_backend": "auto"}
+    flat_t5 = {"family": "t5", **{k: v for k, v in t5_cfg().to_dict().items() if k not in ("family", "attention")},
+               "position_kind": "rope", "rope_layout": "half", "attention_backend": "einsum", "realformer": True}
+    for name, values in (("bert", flat_bert), ("t5", flat_t5)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(values))
+    bert = tp.load_config(tmp_path / "bert.json")
+    assert bert.mask == "unilm" and bert.attention == tp.config.AttentionConfig(
+        kind="linear", position="rope", rope_base=500.0, performer_features=16)
+    t5 = tp.load_config(tmp_path / "t5.json")
+    assert t5.attention == tp.config.AttentionConfig(position="rope", rope_layout="half", backend="einsum",
+                                                     realformer=True)
+    assert json.loads(t5.to_json())["attention"]["position"] == "rope" and "position_kind" not in t5.to_dict()
+
+
 def test_nondefault_attention_switches_name_what_checkpoints_cannot_hold():
     assert nondefault_attention_switches(bert_cfg()) == {} == nondefault_attention_switches(t5_cfg())
     assert nondefault_attention_switches(gpt_cfg(attention_backend="xla", rope_layout="half")) == {}
     assert nondefault_attention_switches(gpt_cfg(position_kind="rope", realformer=True)) == {
-        "position_kind": "rope", "realformer": True}
-    assert nondefault_attention_switches(t5_cfg(position_kind="rope")) == {"position_kind": "rope"}
+        "position": "rope", "realformer": True}
+    assert nondefault_attention_switches(t5_cfg(position_kind="rope")) == {"position": "rope"}
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt"])
@@ -234,7 +257,7 @@ def test_cached_decoding_refused_for_causal_linear_kinds(family):
     cfg = (bert_cfg(attention="causal") if family == "bert" else gpt_cfg()).replace(attention_kind="performer")
     model = tp.models.Bert(cfg) if family == "bert" else tp.models.GPT(cfg)
     params = random_params(model, jnp.ones((1, 4), jnp.int32))
-    with pytest.raises(tp.UserError, match="cached decoding .* attention_kind='softmax' only, not 'performer'"):
+    with pytest.raises(tp.UserError, match="cached decoding .* attention.kind='softmax' only, not 'performer'"):
         (bert if family == "bert" else gpt).init_cache(model, params, 1, 8)
 
 

@@ -177,5 +177,5 @@ def test_bert_preset_param_count(name):
         assert c.vocab_size == 21128 and 102e6 < want < 104e6
     if name in ("unilm-base", "simbert-base"):  # the bert-base-chinese shape with the seq2seq mask
         base = tp.BertConfig.preset("bert-base-chinese")
-        assert c.attention == "unilm" and base.attention == "bidirectional"
-        assert c.replace(attention="bidirectional", pooler_activation=base.pooler_activation) == base
+        assert c.mask == "unilm" and base.mask == "bidirectional"
+        assert c.replace(mask="bidirectional", pooler_activation=base.pooler_activation) == base

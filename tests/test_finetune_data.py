@@ -102,7 +102,7 @@ def test_seq2seq_examples(tok, tmp_path):
 
 @pytest.mark.parametrize("objective", ["lm", "unilm"])
 def test_prompt_examples_weigh_the_target_only(tok, tmp_path, objective):
-    from t5pegasus.config import BertConfig, GPTConfig
+    from t5pegasus.families import BertConfig, GPTConfig
     from t5pegasus.training.objectives import make_objective, to_model_batch
 
     tok, vocab = tok

@@ -62,7 +62,7 @@ def test_finetune_from_hf_folder(files, family, objective):
     cfg = load_config(result.run_dir / "model_config.json")
     assert f"kind: {objective}" in (result.run_dir / "config.yaml").read_text()
     if family == "bert":
-        assert cfg.attention == "unilm" and (cfg.cls_token_id, cfg.sep_token_id) == (101, 102)
+        assert cfg.mask == "unilm" and (cfg.cls_token_id, cfg.sep_token_id) == (101, 102)
     else:
         assert (cfg.bos_token_id, cfg.eos_token_id) == (101, 102)  # aligned with the vocab's [CLS] / [SEP]
     loaded = load_model(result.best_dir)

@@ -107,4 +107,4 @@ def test_unilm_equals_uncached_recomputation(unilm, kw):
 
 def test_unilm_needs_the_seq2seq_mask():
     with pytest.raises(tp.UserError):
-        tp.generate.UniLMDecoding(dataclasses.replace(tp.BertConfig.preset("tiny"), attention="bidirectional"))
+        tp.generate.UniLMDecoding(dataclasses.replace(tp.BertConfig.preset("tiny"), mask="bidirectional"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from t5pegasus.cli import main
-from t5pegasus.config import BertConfig, GPTConfig
+from t5pegasus.families import BertConfig, GPTConfig
 from t5pegasus.errors import UserError
 from t5pegasus.training import runconfig
 from t5pegasus.training.objectives import make_objective

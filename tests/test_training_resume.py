@@ -189,7 +189,7 @@ def test_resume_with_other_settings_is_an_error(corpus, uninterrupted):
 
 @pytest.mark.parametrize("devices", [1, 4])
 def test_checkpoint_from_8_devices_restores_on_fewer(uninterrupted, devices):
-    from t5pegasus.config import T5Config
+    from t5pegasus.families import T5Config
     from t5pegasus.training.objectives import make_objective
     from t5pegasus.training.optim import make_optimizer
     from t5pegasus.training.state import state_shardings

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 from jax import Array
 
 from t5pegasus.attention.masks import mask_value
+from t5pegasus.config import SOFTMAX_BACKENDS as BACKENDS
 
-BACKENDS = ("einsum", "xla", "cudnn", "flash", "splash")
 # What each backend falls back to when it cannot take the call.
 _FALLBACK = {"splash": "flash", "flash": "einsum", "cudnn": "xla", "xla": "einsum"}
 # "auto" tries these in order on each platform.

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from t5pegasus.config import BertConfig
 from t5pegasus.convert.checkpoint_files import TensorSource
+from t5pegasus.convert.formats import HFFormat
 from t5pegasus.errors import UserError
+from t5pegasus.families import BertConfig
 
 _ACT = {"gelu": "gelu-erf", "gelu_python": "gelu-erf", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu",
         "gelu_fast": "gelu", "relu": "relu", "silu": "silu", "swish": "silu"}
@@ -120,8 +121,12 @@ def config_to_hf(cfg: BertConfig) -> dict[str, Any]:
         raise UserError("HF BERT needs head_dim * num_heads == hidden_size")
     if cfg.conditional_layer_norm:
         raise UserError("HF BERT has no conditional LayerNorm; its condition projections cannot be saved")
+    # With both pooler and MLM head (UniLM, bert4keras checkpoints) the model fits HF's BertForPreTraining, whose
+    # next-sentence head we do not have: `params_to_hf` writes it as zeros (a 50/50 prediction).
+    architecture = ("BertForPreTraining" if cfg.with_pooler and cfg.with_mlm else
+                    "BertForMaskedLM" if cfg.with_mlm else "BertModel")
     return {
-        "model_type": "bert", "architectures": ["BertForMaskedLM" if cfg.with_mlm else "BertModel"],
+        "model_type": "bert", "architectures": [architecture],
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
         "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.intermediate_size,
         "hidden_act": _ACT_TO_HF[cfg.hidden_act], "hidden_dropout_prob": cfg.dropout_rate,
@@ -172,4 +177,10 @@ def params_to_hf(cfg: BertConfig, params: dict[str, Any]) -> dict[str, np.ndarra
         dense("cls.predictions.transform.dense", params["mlm_transform"])
         norm("cls.predictions.transform.LayerNorm", params["mlm_norm"])
         out["cls.predictions.bias"] = a(params["mlm_bias"])
+    if cfg.with_pooler and cfg.with_mlm:  # BertForPreTraining's next-sentence head (see config_to_hf)
+        out["cls.seq_relationship.weight"] = np.zeros((2, d), np.float32)
+        out["cls.seq_relationship.bias"] = np.zeros((2,), np.float32)
     return out
+
+
+FORMAT = HFFormat(config_from_hf, params_from_hf, config_to_hf, params_to_hf)

@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from t5pegasus.config import BertConfig
 from t5pegasus.convert.bert_hf import _ACT as ACT_FROM_NAME
 from t5pegasus.convert.bert_hf import _ACT_TO_HF as ACT_TO_NAME
 from t5pegasus.convert.checkpoint_files import TensorSource, read_json
+from t5pegasus.convert.formats import TFFormat
 from t5pegasus.convert.name_map import Entry, constant, reshaped, same
 from t5pegasus.errors import UserError
+from t5pegasus.families import BertConfig
 
 ROOT = "bert/embeddings/word_embeddings"
 NATIVE_CONFIG = "bert_config.json"
@@ -119,3 +120,7 @@ def config_from_native(folder: Path, tensors: TensorSource) -> BertConfig:
         )
     except KeyError as e:
         raise UserError(f"{path}: field {e.args[0]!r} is missing") from None
+
+
+FORMAT = TFFormat("BERT (Google)", ROOT, lambda cfg, t5_norm=None: entries(cfg), check_exportable, native_config,
+                  config_from_native)

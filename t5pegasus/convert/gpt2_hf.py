@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from t5pegasus.config import GPTConfig
 from t5pegasus.convert.checkpoint_files import TensorSource
+from t5pegasus.convert.formats import HFFormat
 from t5pegasus.errors import UserError
+from t5pegasus.families import GPTConfig
 
 _ACT = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu", "gelu": "gelu-erf",
         "relu": "relu", "silu": "silu", "swish": "silu"}
@@ -125,3 +126,6 @@ def params_to_hf(cfg: GPTConfig, params: dict[str, Any]) -> dict[str, np.ndarray
             out[f"{lp}.mlp.{theirs}.weight"] = a(layer["mlp"][ours]["kernel"])
             out[f"{lp}.mlp.{theirs}.bias"] = a(layer["mlp"][ours]["bias"])
     return out
+
+
+FORMAT = HFFormat(config_from_hf, params_from_hf, config_to_hf, params_to_hf)

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from t5pegasus.config import GPTConfig
 from t5pegasus.convert.checkpoint_files import TensorSource, read_json
+from t5pegasus.convert.formats import TFFormat
 from t5pegasus.convert.name_map import Entry, reshaped, same
 from t5pegasus.errors import UserError
+from t5pegasus.families import GPTConfig
 
 ROOT = "model/wte"
 NATIVE_CONFIG = "hparams.json"
@@ -98,3 +99,7 @@ def config_from_native(folder: Path, tensors: TensorSource) -> GPTConfig:
     except KeyError as e:
         raise UserError(f"{path}: field {e.args[0]!r} is missing (OpenAI hparams.json has n_vocab, n_ctx, n_embd, "
                         "n_head, n_layer)") from None
+
+
+FORMAT = TFFormat("GPT-2 (OpenAI)", ROOT, lambda cfg, t5_norm=None: entries(cfg), check_exportable, native_config,
+                  config_from_native)

@@ -1,4 +1,4 @@
-"""HF transformers model folders -> (config, params) for every family, dispatched on `model_type`."""
+"""HF transformers model folders -> (config, params) for every family, by the family that reads its `model_type`."""
 
 from __future__ import annotations
 
@@ -9,31 +9,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from t5pegasus import families
 from t5pegasus.config import ConfigBase
 from t5pegasus.convert.checkpoint_files import TensorSource, read_json, read_state_dict
 from t5pegasus.errors import UserError
 
-
-def _t5_family() -> tuple[Any, Any]:
-    from t5pegasus.convert import t5_hf
-
-    return t5_hf.config_from_hf, t5_hf.params_from_hf
-
-
-def _bert_family() -> tuple[Any, Any]:
-    from t5pegasus.convert import bert_hf
-
-    return bert_hf.config_from_hf, bert_hf.params_from_hf
-
-
-def _gpt2_family() -> tuple[Any, Any]:
-    from t5pegasus.convert import gpt2_hf
-
-    return gpt2_hf.config_from_hf, gpt2_hf.params_from_hf
-
-
-# model_type -> loader of (config_from_hf, params_from_hf). Other families register here.
-IMPORTERS: dict[str, Any] = {"t5": _t5_family, "mt5": _t5_family, "bert": _bert_family, "gpt2": _gpt2_family}
 # Tensors HF keeps that carry no information of ours (buffers, duplicated tables).
 IGNORED = ("EncDecAttention.relative_attention_bias", "attn.bias", "attn.masked_bias", "position_ids")
 
@@ -47,17 +27,19 @@ def load_hf(folder: str | os.PathLike, dtype: str | None = None) -> tuple[Config
     folder = Path(folder)
     hf_config = read_json(folder / "config.json")
     model_type = hf_config.get("model_type")
-    if model_type not in IMPORTERS:
-        raise UserError(f"{folder}: model_type {model_type!r} is not supported; known: {', '.join(sorted(IMPORTERS))}")
-    config_from_hf, params_from_hf = IMPORTERS[model_type]()
+    family = families.for_hf_model_type(model_type)
+    if family is None:
+        known = sorted(t for f in families.all_families() for t in f.hf_model_types)
+        raise UserError(f"{folder}: model_type {model_type!r} is not supported; known: {', '.join(known)}")
+    fmt = family.converter("hf")
     source = TensorSource(read_state_dict(folder), str(folder))
-    cfg = config_from_hf(hf_config, source)
-    params = params_from_hf(cfg, source)
+    cfg = fmt.config_from_hf(hf_config, source)
+    params = fmt.params_from_hf(cfg, source)
     left = source.unused(IGNORED)
     if left:
         raise UserError(f"{folder}: {len(left)} tensor(s) were not used, e.g. {', '.join(left[:5])}; "
                         "is this the model type its config says?")
-    cfg, params = _restore_exact(folder, hf_config, cfg, params)
+    cfg, params = _restore_exact(folder, hf_config, cfg, params, fmt)
     target = jnp.dtype(dtype or getattr(cfg, "param_dtype", "float32"))
     params = _to_arrays(params, target)
     if getattr(cfg, "scan_layers", False):
@@ -67,9 +49,9 @@ def load_hf(folder: str | os.PathLike, dtype: str | None = None) -> tuple[Config
     return cfg, params
 
 
-def _restore_exact(folder: Path, hf_config: dict, cfg: ConfigBase, params: dict) -> tuple[ConfigBase, dict]:
+def _restore_exact(folder: Path, hf_config: dict, cfg: ConfigBase, params: dict, fmt: Any) -> tuple[ConfigBase, dict]:
     """Undo what an export to HF had to approximate, when the folder was written by `save_hf`: our config
-    (with the switches HF has no field for) and the unfolded LM head."""
+    (with the switches HF has no field for) and the tensors the export kept beside the HF ones."""
     from t5pegasus.config import load_config_dict
     from t5pegasus.convert.hf_export import EXACT_SIDECAR, OUR_CONFIG_KEY
 
@@ -78,15 +60,10 @@ def _restore_exact(folder: Path, hf_config: dict, cfg: ConfigBase, params: dict)
         return cfg, params
     exact_cfg = load_config_dict(ours, str(folder / "config.json"))
     sidecar = folder / EXACT_SIDECAR
-    if sidecar.exists() and exact_cfg.family == "t5":
+    if sidecar.exists():
         from safetensors.numpy import load_file
 
-        head = load_file(str(sidecar))["lm_head"]
-        params = dict(params)
-        decoder = {k: v for k, v in params["decoder"].items() if k != "lm_head"}
-        if not exact_cfg.tie_word_embeddings:
-            decoder["lm_head"] = {"kernel": head}
-        params["decoder"] = decoder
+        params = fmt.restore_exact(exact_cfg, params, load_file(str(sidecar)))
     return exact_cfg, params
 
 

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from t5pegasus import fileio
-from t5pegasus.config import GPTConfig
 from t5pegasus.convert.checkpoint_files import TensorSource
 from t5pegasus.errors import UserError
+from t5pegasus.families import GPTConfig
 
 SHARD_RE = re.compile(r"mp_rank_(\d+)_model_states\.pt$")
 LATEST = "latest_checkpointed_iteration.txt"

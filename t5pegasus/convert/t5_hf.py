@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from t5pegasus.config import T5Config
 from t5pegasus.convert.checkpoint_files import TensorSource
+from t5pegasus.convert.formats import HFFormat
 from t5pegasus.errors import UserError
+from t5pegasus.families import T5Config
 
 # HF dense_act_fn -> our feed-forward kind (gated forms); "gated-gelu" in HF means the tanh approximation.
 _GATED_ACT = {"gelu_new": "gated-gelu", "gelu_pytorch_tanh": "gated-gelu", "gelu_fast": "gated-gelu",
@@ -199,3 +200,49 @@ def params_to_hf(cfg: T5Config, params: dict[str, Any]) -> dict[str, np.ndarray]
             head = head * np.float32(cfg.d_model**-0.5)
         out["lm_head.weight"] = np.ascontiguousarray(head.T)
     return out
+
+
+def lossy(cfg: T5Config, params: Any) -> str | None:
+    """What an HF export of `cfg` cannot express: the T5 PEGASUS cross-attention position bias, with the logit
+    difference its absence makes on a probe batch."""
+    if not cfg.cross_attention_bias:
+        return None
+    return ("a relative position bias in cross-attention (T5 PEGASUS), which HF transformers cannot express: "
+            f"dropping it changes logits by up to {cross_attention_bias_effect(cfg, params):.4g} on a probe batch")
+
+
+def cross_attention_bias_effect(cfg: T5Config, params: Any, seed: int = 0) -> float:
+    """Max |logit difference| on a random probe batch between the model and the same model without the
+    T5 PEGASUS cross-attention bias (what an HF export, which cannot express that bias, loses)."""
+    import jax.numpy as jnp
+
+    from t5pegasus.models import T5
+
+    rng = np.random.default_rng(seed)
+    enc = jnp.asarray(rng.integers(1, cfg.vocab_size, (2, 32)), jnp.int32)
+    dec = jnp.asarray(rng.integers(1, cfg.vocab_size, (2, 16)), jnp.int32)
+    with_bias = T5(cfg).apply({"params": params}, enc, dec)
+    without = T5(cfg.replace(cross_attention_bias=False)).apply({"params": params}, enc, dec)
+    return float(jnp.abs(with_bias - without).max())
+
+
+def exact_tensors(cfg: T5Config, params: Any) -> dict[str, np.ndarray]:
+    """The unfolded LM head when the export folds the logit scale into it (the folded one is rounded)."""
+    if hf_model_type(cfg) != "mt5" or not cfg.logits_scaled:
+        return {}
+    head = params["shared"]["embedding"] if cfg.tie_word_embeddings else params["decoder"]["lm_head"]["kernel"]
+    return {"lm_head": np.ascontiguousarray(np.asarray(head, np.float32))}
+
+
+def restore_exact(cfg: T5Config, params: dict[str, Any], exact: dict[str, np.ndarray]) -> dict[str, Any]:
+    """`params` with the exact LM head of `exact_tensors` put back (a tied model needs none)."""
+    if "lm_head" not in exact:
+        return params
+    decoder = {k: v for k, v in params["decoder"].items() if k != "lm_head"}
+    if not cfg.tie_word_embeddings:
+        decoder["lm_head"] = {"kernel": exact["lm_head"]}
+    return {**params, "decoder": decoder}
+
+
+FORMAT = HFFormat(config_from_hf, params_from_hf, config_to_hf, params_to_hf, lossy=lossy,
+                  exact_tensors=exact_tensors, restore_exact=restore_exact)

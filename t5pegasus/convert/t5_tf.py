@@ -27,10 +27,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from t5pegasus.config import T5Config
 from t5pegasus.convert.checkpoint_files import TensorSource, read_json
+from t5pegasus.convert.formats import TFFormat
 from t5pegasus.convert.name_map import Entry, reshaped, same, transposed
 from t5pegasus.errors import UserError
+from t5pegasus.families import T5Config
 
 ROOT = "shared/embedding"
 NORMS = ("rms_norm", "layer_norm")
@@ -99,10 +100,10 @@ def entries(cfg: T5Config, norm: str | None = None) -> list[Entry]:
 
 def check_exportable(cfg: T5Config) -> None:
     """mesh-TF names cover T5 with its relative position bias (the T5 PEGASUS switches are config, not weights)."""
-    kind = getattr(cfg, "position_kind", "relative_bias")
+    kind = cfg.attention.position
     if kind != "relative_bias":
-        raise UserError(f"mesh-TF T5 checkpoints have a relative position bias table; position_kind {kind!r} has no "
-                        "names there")
+        raise UserError(f"mesh-TF T5 checkpoints have a relative position bias table; attention.position {kind!r} "
+                        "has no names there")
 
 
 def native_config(cfg: T5Config) -> dict[str, dict[str, Any]]:
@@ -190,3 +191,6 @@ def config_from_native(folder: Path, tensors: TensorSource) -> T5Config:
                     dropout_rate=b4k.get("hidden_dropout_prob", b4k.get("dropout_rate", 0.1)),
                     layer_norm_epsilon=1e-6, feed_forward=_GATED_FROM_B4K[act] if gated else "relu",
                     tie_word_embeddings=tied, scale_logits=True, cross_attention_bias=True, **_vocab_ids(folder))
+
+
+FORMAT = TFFormat("T5 (mesh-TF)", ROOT, entries, check_exportable, native_config, config_from_native)

@@ -12,12 +12,11 @@ import json
 import os
 import shutil
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from t5pegasus import fileio
+from t5pegasus import families, fileio
 from t5pegasus.config import ConfigBase, load_config
 from t5pegasus.convert.checkpoint_files import TensorSource
 from t5pegasus.convert.name_map import Entry, from_foreign, names, to_foreign
@@ -25,26 +24,16 @@ from t5pegasus.convert.tf_checkpoint import read_checkpoint, write_checkpoint
 from t5pegasus.errors import UserError
 
 OUR_CONFIG = "t5pegasus_config.json"
-_FAMILY_NAMES = {"t5": "T5 (mesh-TF)", "bert": "BERT (Google)", "gpt": "GPT-2 (OpenAI)"}
 
 
-def family_module(family: str) -> ModuleType:
-    """The name map module of a config family."""
-    if family == "t5":
-        from t5pegasus.convert import t5_tf as module
-    elif family == "bert":
-        from t5pegasus.convert import bert_tf as module
-    elif family == "gpt":
-        from t5pegasus.convert import gpt2_tf as module
-    else:
-        raise UserError(f"no TF checkpoint layout for the {family!r} family; known: {', '.join(_FAMILY_NAMES)}")
-    return module
+def _formats() -> dict[str, Any]:
+    """Family name -> its TFFormat, for every family with a TF layout."""
+    return {f.name: f.converter("tf") for f in families.all_families() if f.tf is not None}
 
 
 def tf_entries(cfg: ConfigBase, t5_norm: str | None = None) -> list[Entry]:
     """The name map of `cfg` (`t5_norm`: "rms_norm" or "layer_norm" spelling of T5 norms)."""
-    module = family_module(cfg.family)
-    return module.entries(cfg, t5_norm) if cfg.family == "t5" else module.entries(cfg)
+    return families.of(cfg).converter("tf").entries(cfg, t5_norm)
 
 
 def tf_names(cfg: ConfigBase, t5_norm: str | None = None) -> dict[str, tuple[int, ...]]:
@@ -54,20 +43,21 @@ def tf_names(cfg: ConfigBase, t5_norm: str | None = None) -> dict[str, tuple[int
 
 def detect_family(tensors: dict[str, np.ndarray]) -> str | None:
     """The family whose root tensor the checkpoint holds (None if none does)."""
-    for family in _FAMILY_NAMES:
-        if family_module(family).ROOT in tensors:
-            return family
-    return None
+    return next((name for name, fmt in _formats().items() if fmt.root in tensors), None)
+
+
+def _roots() -> str:
+    return ", ".join(repr(fmt.root) for fmt in _formats().values())
 
 
 def _check_family(cfg: ConfigBase, found: str | None, tensors: dict[str, np.ndarray], where: str) -> None:
     if found == cfg.family:
         return
+    formats = _formats()
     root = tf_entries(cfg)[0]
-    held = (f"{_FAMILY_NAMES[found]} tensors such as {family_module(found).ROOT!r}" if found
-            else f"none of {', '.join(repr(family_module(f).ROOT) for f in _FAMILY_NAMES)} "
-                 f"(e.g. {', '.join(repr(n) for n in sorted(tensors)[:3]) or 'no tensors'})")
-    raise UserError(f"{where}: a {_FAMILY_NAMES[cfg.family]} model needs tensor {root.name!r} of shape "
+    held = (f"{formats[found].label} tensors such as {formats[found].root!r}" if found
+            else f"none of {_roots()} (e.g. {', '.join(repr(n) for n in sorted(tensors)[:3]) or 'no tensors'})")
+    raise UserError(f"{where}: a {formats[cfg.family].label} model needs tensor {root.name!r} of shape "
                     f"{root.shape}, but the checkpoint holds {held}")
 
 
@@ -84,10 +74,10 @@ def load_tf(path: str | os.PathLike, dtype: str | None = None) -> tuple[ConfigBa
         cfg = load_config(folder / OUR_CONFIG)
         _check_family(cfg, found, tensors, where)
     elif found is None:
-        raise UserError(f"{where}: not a T5, BERT or GPT-2 checkpoint: it holds none of "
-                        f"{', '.join(repr(family_module(f).ROOT) for f in _FAMILY_NAMES)}")
+        labels = ", ".join(fmt.label for fmt in _formats().values())
+        raise UserError(f"{where}: not a checkpoint of a known layout ({labels}): it holds none of {_roots()}")
     else:
-        cfg = family_module(found).config_from_native(folder, TensorSource(tensors, where))
+        cfg = _formats()[found].config_from_native(folder, TensorSource(tensors, where))
     source = TensorSource(tensors, where)
     params = from_foreign(tf_entries(cfg), source)
     left = source.unused()
@@ -128,13 +118,13 @@ def save_tf(cfg: ConfigBase, params: Any, folder: str | os.PathLike, *, overwrit
         raise UserError(f"{folder} exists; choose another destination or allow overwriting (--force)")
     if dtype not in ("float32", "bfloat16", "float16"):
         raise UserError(f"dtype {dtype!r} is not one of float32, bfloat16, float16")
-    module = family_module(cfg.family)
-    module.check_exportable(cfg)
+    fmt = families.of(cfg).converter("tf")
+    fmt.check_exportable(cfg)
     tensors = to_foreign(tf_entries(cfg, t5_norm), unstack_layers(unbox(params)), f"{cfg.family} params")
     with fileio.atomic_dir(folder, overwrite=overwrite) as tmp:
         write_checkpoint(tmp, tensors, dtype)
         (tmp / OUR_CONFIG).write_text(cfg.to_json(), encoding="utf-8")
-        for name, values in module.native_config(cfg).items():
+        for name, values in fmt.native_config(cfg).items():
             (tmp / name).write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for name, source in (extra_files or {}).items():
             if not Path(source).is_file():

@@ -17,14 +17,14 @@ Implementations are frozen dataclasses (hashable), so they are static arguments 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 from jax import Array
 
-from t5pegasus.config import T5Config
 from t5pegasus.errors import UserError
+from t5pegasus.families import T5Config
 
 SELF_ATTENTION_CACHE = ("cached_key", "cached_value")
 
@@ -80,6 +80,7 @@ class T5Decoding:
     ([SEP]), both taken from the config."""
 
     cfg: T5Config
+    input_name: ClassVar[str] = "source"  # inputs are `source_ids` / `source_mask`
 
     @property
     def eos_token_id(self) -> int:

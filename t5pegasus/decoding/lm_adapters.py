@@ -8,14 +8,14 @@ positions (0.. per row, padding hidden), then step one token at a time.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax.numpy as jnp
 from jax import Array
 
-from t5pegasus.config import BertConfig, GPTConfig
 from t5pegasus.decoding.adapters import Start, reorder_kv_cache, repeat_rows
 from t5pegasus.errors import UserError
+from t5pegasus.families import BertConfig, GPTConfig
 
 
 def left_align(ids: Array, mask: Array) -> tuple[Array, Array, Array]:
@@ -43,6 +43,7 @@ class GPTDecoding:
     padding changes nothing (as HF with left padding and position ids)."""
 
     cfg: GPTConfig
+    input_name: ClassVar[str] = "prompt"  # inputs are `prompt_ids` / `prompt_mask`, continued as a document
 
     @property
     def eos_token_id(self) -> int:
@@ -81,15 +82,16 @@ class GPTDecoding:
 
 @dataclasses.dataclass(frozen=True)
 class UniLMDecoding:
-    """UniLM (BERT, `attention="unilm"`, with the MLM head): `inputs["source_ids"]` is `[CLS] source [SEP]`
+    """UniLM (BERT, `mask="unilm"`, with the MLM head): `inputs["source_ids"]` is `[CLS] source [SEP]`
     (segment 0; `source_mask` defaults to ids != pad); the target (segment 1) is generated after it until
     `sep_token_id`, the first token predicted at the source's [SEP], as bert4keras' seq2seq decoding does."""
 
     cfg: BertConfig
+    input_name: ClassVar[str] = "source"  # inputs are `source_ids` / `source_mask`
 
     def __post_init__(self) -> None:
-        if self.cfg.attention != "unilm" or not self.cfg.with_mlm:
-            raise UserError("UniLM decoding needs a BertConfig with attention='unilm' and with_mlm=True")
+        if self.cfg.mask != "unilm" or not self.cfg.with_mlm:
+            raise UserError("UniLM decoding needs a BertConfig with mask='unilm' and with_mlm=True")
 
     @property
     def eos_token_id(self) -> int:

@@ -13,7 +13,6 @@ from typing import Any
 
 _NAMES = {
     "FinetuneSpec": "run", "FinetuneResult": "run", "finetune": "run",
-    "load_model": "model_dir", "LoadedModel": "model_dir",
     "Predictor": "predict", "score": "metrics", "metric_tokens": "metrics",
     "read_pairs": "data", "Pair": "data",
 }  # fmt: skip

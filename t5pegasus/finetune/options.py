@@ -57,7 +57,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def open_predictor(args: argparse.Namespace) -> tuple[Any, Any]:
     """(Predictor, settings) for --model and the decoding options."""
-    from t5pegasus.finetune.model_dir import load_model
+    from t5pegasus.convert.model_folder import load_model
     from t5pegasus.finetune.predict import Predictor
 
     if args.batch_size < 1:

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from t5pegasus import families
 from t5pegasus.config import ConfigBase
-from t5pegasus.decoding import GPTDecoding, Settings, T5Decoding, UniLMDecoding
+from t5pegasus.decoding import Settings
 from t5pegasus.errors import UserError
 from t5pegasus.text.base import Tokenizer
 
@@ -22,14 +23,8 @@ MIN_BUCKET = 8
 
 
 def decoding_model(cfg: ConfigBase) -> Any:
-    """The decoding adapter of a model config: T5 seq2seq, GPT continuation, or UniLM (BERT) seq2seq."""
-    if cfg.family == "t5":
-        return T5Decoding(cfg)
-    if cfg.family == "gpt":
-        return GPTDecoding(cfg)
-    if getattr(cfg, "attention", None) != "unilm" or not getattr(cfg, "with_mlm", False):
-        raise UserError("this BERT model cannot generate: it needs attention='unilm' and an MLM head (UniLM)")
-    return UniLMDecoding(cfg)
+    """The decoding adapter of a model config, from its family record (T5 seq2seq, GPT continuation, UniLM)."""
+    return families.of(cfg).decoding.load()(cfg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +38,10 @@ class VocabLimited:
     @property
     def eos_token_id(self) -> int:
         return self.inner.eos_token_id
+
+    @property
+    def input_name(self) -> str:
+        return self.inner.input_name
 
     @property
     def pad_token_id(self) -> int:
@@ -77,8 +76,8 @@ class Predictor:
         """`continuation` (GPT): the prompt is `[bos] text`, continued as a document (a language model that
         was not fine-tuned on pairs); otherwise sources are wrapped as in fine-tuning (`[CLS] src [SEP]`)."""
         self.cfg, self.params, self.tok = cfg, params, tokenizer
-        self.continuation = continuation and cfg.family == "gpt"
         self.model = decoding_model(cfg)
+        self.continuation = continuation and self.model.input_name == "prompt"
         if tokenizer.vocab_size < cfg.vocab_size:
             self.model = VocabLimited(self.model, tokenizer.vocab_size)
         self.max_source_len = max_source_len
@@ -87,8 +86,8 @@ class Predictor:
 
     def _source_limit(self, settings: Settings) -> int:
         limit = self.max_source_len
-        positions = getattr(self.cfg, "max_position_embeddings", None)
-        if self.cfg.family != "t5" and positions is not None:
+        positions = self.cfg.position_limit  # source and new tokens share one position table (GPT, UniLM)
+        if positions is not None:
             limit = min(limit, positions - settings.max_new_tokens)
             if limit < 3:
                 raise UserError(f"the model has {positions} positions: no room for a source and "
@@ -110,7 +109,7 @@ class Predictor:
         for i, row in enumerate(ids):
             out[i, : len(row)] = row
             mask[i, : len(row)] = True
-        key = "prompt" if self.cfg.family == "gpt" else "source"
+        key = self.model.input_name
         return {f"{key}_ids": out, f"{key}_mask": mask}
 
     def batches(self, sources: Sequence[str], settings: Settings, seed: int = 0) -> Iterator[list[list[str]]]:

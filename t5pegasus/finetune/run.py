@@ -8,24 +8,17 @@ Everything the loop gives carries over: sharding rules, checkpoints, resume by r
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from t5pegasus import families
+from t5pegasus.convert.model_folder import LoadedModel, align_special_ids, load_model, tokenizer_kind
 from t5pegasus.decoding import Settings
 from t5pegasus.errors import UserError
-from t5pegasus.fileio import write_text
 from t5pegasus.finetune.data import LAYOUT, Pair, prepare_pairs, read_pairs
 from t5pegasus.finetune.metrics import METRICS
-from t5pegasus.finetune.model_dir import INFO_FILE, LoadedModel, align_special_ids, find_tokenizer, load_model
-
-OBJECTIVE_OF_FAMILY = {"t5": "seq2seq", "gpt": "lm", "bert": "unilm"}
-FAMILY_OF_OBJECTIVE = {v: k for k, v in OBJECTIVE_OF_FAMILY.items()}
-BEST = "best"
-METRICS_FILE = "metrics.json"
+from t5pegasus.training.run_folder import RunFolder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +29,7 @@ class FinetuneSpec:
     train: str
     dev: str
     output: str
-    objective: str | None = None  # default: seq2seq (T5), lm (GPT), unilm (BERT)
+    objective: str | None = None  # default: the model family's own (seq2seq for T5, lm for GPT, unilm for BERT)
     ema: bool = False  # start from the init run's EMA weights
     tokenizer: str | None = None
     steps: int = 1000
@@ -63,14 +56,9 @@ class FinetuneResult:
     run: Any  # t5pegasus.training.loop.RunResult
 
 
-def _has_checkpoint(out: Path) -> bool:
-    folder = out / "checkpoints"
-    return folder.is_dir() and any(p.name.isdigit() and (p / "state").is_dir() for p in folder.iterdir())
-
-
 def _lengths(spec: FinetuneSpec, cfg: Any) -> tuple[int, int]:
     """(max source, max target) tokens: given, or 512/128 for T5; GPT/BERT fit their position table."""
-    positions = getattr(cfg, "max_position_embeddings", None)
+    positions = cfg.position_limit
     if positions is None:
         return spec.max_source_len or 512, spec.max_target_len or 128
     target = spec.max_target_len or min(128, positions // 4)
@@ -85,7 +73,7 @@ def _model_dict(cfg: Any, objective: str) -> dict[str, Any]:
     values = cfg.to_dict()
     values.pop("dtype")  # the run config's train.dtype decides the compute dtype
     if objective == "unilm":
-        values["attention"] = "unilm"  # UniLM fine-tuning of a plain BERT: same weights, seq2seq mask
+        values["mask"] = "unilm"  # UniLM fine-tuning of a plain BERT: same weights, seq2seq mask
     return values
 
 
@@ -114,9 +102,10 @@ class BestKeeper:
     so a resumed run keeps comparing against what is on disk)."""
 
     def __init__(self, out: Path, metric: str, *, resuming: bool = True) -> None:
-        self.folder = out / BEST
+        self.best = RunFolder(out).best
+        self.folder = self.best.path
         self.metric = metric
-        saved = read_best(self.folder) if resuming else None  # a fresh start outdoes any leftover best model
+        saved = self.best.metrics() if resuming else None  # a fresh start outdoes any leftover best model
         self.value = None if saved is None else saved.get("metrics", {}).get(metric)
         self.step = None if saved is None else saved.get("step")
 
@@ -126,68 +115,22 @@ class BestKeeper:
     def save(self, step: int, params: Any, cfg: Any, tokenizer_path: Path, info: dict[str, Any],
              metrics: dict[str, float]) -> None:
         record = {"step": step, "metric": self.metric, "value": metrics[self.metric], "metrics": metrics}
-        save_model_dir(self.folder, step, params, cfg, tokenizer_path, info, record)
+        self.best.save_model(step, params, cfg, tokenizer_path, info, record)
         self.value, self.step = metrics[self.metric], step
-
-
-def read_best(folder: Path) -> dict[str, Any] | None:
-    path = folder / METRICS_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def _sync(name: str) -> None:
-    import jax
-
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
-def save_model_dir(folder: Path, step: int, params: Any, cfg: Any, tokenizer_path: Path, info: dict[str, Any],
-                   metrics: dict[str, Any]) -> None:
-    """A self-contained model folder in the run layout (`t5pegasus convert` reads it as a run): model_config.json,
-    checkpoints/<step>/state (orbax, params only), the tokenizer file and tokenizer.txt naming it, finetune.json,
-    metrics.json. Built beside `folder` and swapped in by renames (as `fileio.atomic_dir`), so a reader sees the
-    old or the new model, never a half-written one. Every process takes part (orbax writes sharded arrays)."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    lead = jax.process_index() == 0
-    tmp = folder.with_name(f".{folder.name}.tmp")  # one name for every process
-    if lead:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _sync("t5pegasus best: clean")
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save((tmp / "checkpoints" / str(step) / "state").absolute(), {"params": params})
-    if lead:
-        name = "spiece.model" if tokenizer_path.suffix == ".model" else "vocab.txt"
-        shutil.copyfile(tokenizer_path, tmp / name)
-        write_text(tmp / "tokenizer.txt", str((folder / name).absolute()) + "\n")
-        cfg.save(tmp / "model_config.json")
-        write_text(tmp / INFO_FILE, json.dumps(info, ensure_ascii=False, indent=2) + "\n")
-        write_text(tmp / METRICS_FILE, json.dumps(metrics, ensure_ascii=False, indent=2) + "\n")
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    _sync("t5pegasus best: written")
 
 
 def _start(spec: FinetuneSpec, out: Path, say: Callable[[str], None]) -> tuple[LoadedModel, bool]:
     """The model to fine-tune: on a resume, the run's own config and tokenizer (no weights needed);
     otherwise the init folder's config, weights and tokenizer."""
-    from t5pegasus.config import load_config
-    from t5pegasus.finetune.model_dir import read_info
     from t5pegasus.text.load import load_tokenizer
 
-    if _has_checkpoint(out) and (out / "model_config.json").is_file():
-        info = read_info(out)
-        tok_path = find_tokenizer(out, spec.tokenizer)
-        kind = info.get("tokenizer_kind", "sentencepiece" if tok_path.suffix == ".model" else "wordpiece")
+    run = RunFolder(out)
+    if run.holds_run(out) and run.latest_step() is not None:
+        info = run.info()
+        tok_path = run.tokenizer_file(spec.tokenizer)
+        kind = tokenizer_kind(tok_path, info)
         tok = load_tokenizer(tok_path, kind=kind)
-        cfg = align_special_ids(load_config(out / "model_config.json"), tok)
+        cfg = align_special_ids(run.model_config(), tok)
         return LoadedModel(cfg, None, tok, tok_path.resolve(), kind, "run", info), True
     say(f"loading {spec.init}{' (EMA weights)' if spec.ema else ''}…")
     return load_model(spec.init, ema=spec.ema, tokenizer=spec.tokenizer), False
@@ -211,12 +154,14 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
     train_pairs, dev_pairs = read_pairs(spec.train), read_pairs(spec.dev)
     loaded, resuming = _start(spec, out, say)
     cfg, tok = loaded.cfg, loaded.tokenizer
-    objective = spec.objective or OBJECTIVE_OF_FAMILY[cfg.family]
+    family = families.of(cfg)
+    objective = spec.objective or family.default_objective
     if objective not in LAYOUT:
         raise UserError(f"unknown objective {objective!r}; choose one of: {', '.join(LAYOUT)}")
-    if FAMILY_OF_OBJECTIVE[objective] != cfg.family:
-        raise UserError(f"objective {objective} trains a {FAMILY_OF_OBJECTIVE[objective]} model; {spec.init} holds "
-                        f"a {cfg.family} model (use --objective {OBJECTIVE_OF_FAMILY[cfg.family]})")
+    if objective not in family.objectives:
+        trains = " or ".join(f.name for f in families.for_objective(objective))
+        raise UserError(f"objective {objective} trains a {trains} model; {spec.init} holds a {family.name} model "
+                        f"(use --objective {family.default_objective})")
     lengths = _lengths(spec, cfg)
     tok_spec = tokenizer_spec(loaded.tokenizer_path, tok, loaded.tokenizer_kind)
     data_dir = out / "data"
@@ -230,7 +175,7 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
             "tokenizer_kind": loaded.tokenizer_kind, "metric": spec.metric,
             "decoding": dataclasses.asdict(settings)}
     if lead:
-        write_text(out / INFO_FILE, json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+        RunFolder(out).write_info(info)
     keeper = BestKeeper(out, spec.metric, resuming=resuming)
     dev_eval: list[Pair] = dev_pairs[: spec.eval_limit] if spec.eval_limit else dev_pairs
     momentum = run_cfg.optim.ema
@@ -258,5 +203,5 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
     if resuming:
         say(f"resuming the fine-tuning run in {out}")
     run = train(run_cfg, say=say, initial_params=None if resuming else initial_params, eval_hook=evaluate)
-    best = read_best(keeper.folder)
+    best = keeper.best.metrics()
     return FinetuneResult(out, keeper.folder if best else None, best, run)

@@ -1,7 +1,7 @@
 """BERT, UniLM and SimBERT as flax.linen modules.
 
 Post-LN encoder with word + position + segment embeddings, a pooler over [CLS] and an MLM head tied to the
-word embeddings. `BertConfig.attention` picks the mask: "bidirectional" (BERT), "unilm" (seq2seq mask from
+word embeddings. `BertConfig.mask` picks the attention mask: "bidirectional" (BERT), "unilm" (seq2seq mask from
 segment ids: source sees source, target sees source and earlier target) or "causal". In the unilm and
 causal modes the model also decodes incrementally with a KV cache (`init_cache` / `decode_step`).
 """
@@ -16,8 +16,8 @@ import jax.numpy as jnp
 from jax import Array
 
 from t5pegasus.attention import causal_mask, combine, key_padding_mask, unilm_mask
-from t5pegasus.config import BertConfig
 from t5pegasus.errors import UserError
+from t5pegasus.families.bert import BertConfig
 from t5pegasus.models.layers import (
     ACTIVATIONS,
     ConditionalLayerNorm,
@@ -27,7 +27,6 @@ from t5pegasus.models.layers import (
     LayerNorm,
     MultiHeadAttention,
     PositionEmbed,
-    attention_options,
     constrain,
     dtype_of,
     initial_scores,
@@ -73,18 +72,19 @@ def cached_attention_mask(kind: str, offset: Array | int, key_valid: Array, key_
         return jnp.logical_and(keys, key_count[:, None, None, :] <= query_count[:, None, :, None])
     if kind == "causal":
         return jnp.logical_and(keys, causal_mask(query_count.shape[1], key_valid.shape[1], offset))
-    raise UserError("a bidirectional BERT cannot decode incrementally; use attention='unilm' or 'causal'")
+    raise UserError("a bidirectional BERT cannot decode incrementally; use mask='unilm' or 'causal'")
 
 
 def check_cached_decoding(cfg: Any) -> None:
     """Cached decoding exists for softmax attention (any position kind, RealFormer included) and, in a UniLM
     BERT, for linear and performer (each cached chunk attends to the cached keys with the UniLM visibility)."""
-    if cfg.attention_kind == "softmax":
+    kind = cfg.attention.kind
+    if kind == "softmax":
         return
-    if cfg.attention_kind in ("linear", "performer") and getattr(cfg, "attention", None) == "unilm":
+    if kind in ("linear", "performer") and isinstance(cfg, BertConfig) and cfg.mask == "unilm":
         return
-    raise UserError(f"cached decoding (decode=True) is implemented for attention_kind='softmax' only, not "
-                    f"{cfg.attention_kind!r}, in this model (a UniLM BERT, attention='unilm', also decodes with "
+    raise UserError(f"cached decoding (decode=True) is implemented for attention.kind='softmax' only, not "
+                    f"{kind!r}, in this model (a UniLM BERT, mask='unilm', also decodes with "
                     "'linear' and 'performer'): the causal linear kinds are not wired to the KV cache; decode by "
                     "recomputing the full sequence, or train a softmax model")
 
@@ -118,9 +118,9 @@ class BertLayer(nn.Module):
         std = cfg.initializer_range
         h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, use_bias=True, dropout_rate=cfg.dropout_rate,
                                q_stddev=std, kv_stddev=std, o_stddev=std, name="attention",
-                               options=attention_options(cfg, symmetric=cfg.attention != "causal"), **_kw(cfg))(
+                               options=cfg.attention, symmetric=cfg.mask != "causal", **_kw(cfg))(
             x, mask=mask, deterministic=det, decode=self.decode, positions=positions, key_valid=key_valid,
-            causal=cfg.attention == "causal", segment_ids=segment_ids, prev_scores=scores[0] if scores else None)
+            causal=cfg.mask == "causal", segment_ids=segment_ids, prev_scores=scores[0] if scores else None)
         if scores:
             h, scores = h[0], (h[1],)
         x = constrain(_norm(cfg, "attention_norm", x + drop(h, deterministic=det), condition), EDGE)
@@ -153,9 +153,9 @@ class Bert(nn.Module):
         if decode:
             check_cached_decoding(cfg)
             offset, key_valid, key_count, query_count = DecodeState(name="decode_state")(valid, segment_ids)
-            attn_mask = cached_attention_mask(cfg.attention, offset, key_valid, key_count, query_count)
+            attn_mask = cached_attention_mask(cfg.mask, offset, key_valid, key_count, query_count)
         else:
-            offset, attn_mask = 0, attention_mask(cfg.attention, valid, segment_ids)
+            offset, attn_mask = 0, attention_mask(cfg.mask, valid, segment_ids)
         if positions is None:
             positions = offset + jnp.arange(ids.shape[1])[None, :]
         word = Embed(cfg.vocab_size, cfg.hidden_size, stddev=std, name="word_embeddings", **kw)
@@ -167,7 +167,7 @@ class Bert(nn.Module):
         x = constrain(nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic), EDGE)
         scores = initial_scores(cfg, ids.shape[0], ids.shape[1], attn_mask.shape[-1])
         # The linear kinds take no dense mask: a UniLM one builds the seq2seq visibility from the segment ids.
-        unilm_segments = segment_ids if cfg.attention == "unilm" and cfg.attention_kind != "softmax" else None
+        unilm_segments = segment_ids if cfg.mask == "unilm" and cfg.attention.kind != "softmax" else None
         x = run_layers(self, BertLayer, cfg.num_layers, x,
                        (attn_mask, key_valid, positions, condition, unilm_segments), scores,
                        deterministic=deterministic, decode=decode)

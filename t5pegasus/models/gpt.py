@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from t5pegasus.attention import causal_mask, combine, key_padding_mask
-from t5pegasus.config import GPTConfig
+from t5pegasus.families.gpt import GPTConfig
 from t5pegasus.models.bert import cached_attention_mask, check_cached_decoding
 from t5pegasus.models.layers import (
     MLP,
@@ -22,7 +22,6 @@ from t5pegasus.models.layers import (
     Embed,
     LayerNorm,
     MultiHeadAttention,
-    attention_options,
     constrain,
     dtype_of,
     initial_scores,
@@ -58,7 +57,7 @@ class GPTLayer(nn.Module):
         h = LayerNorm(cfg.layer_norm_epsilon, name="attention_norm", **_kw(cfg))(x)
         h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, use_bias=True, dropout_rate=cfg.dropout_rate,
                                q_stddev=std, kv_stddev=std, o_stddev=out_std, name="attention",
-                               options=attention_options(cfg, symmetric=False), **_kw(cfg))(
+                               options=cfg.attention, **_kw(cfg))(
             h, mask=mask, deterministic=det, decode=self.decode, positions=positions, key_valid=key_valid,
             causal=True, prev_scores=scores[0] if scores else None)
         if scores:

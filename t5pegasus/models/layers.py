@@ -6,7 +6,6 @@ A rules table (training/mesh.py) maps them to mesh axes; model code never names 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ from jax import Array
 
 from t5pegasus import attention as attn
 from t5pegasus.attention import dot_product_attention, kernels
+from t5pegasus.config import AttentionConfig
 from t5pegasus.models.matmul import matmul
 
 Initializer = Callable[..., Array]
@@ -184,48 +184,7 @@ class RelativePositionBias(nn.Module):
         return jnp.transpose(bias, (2, 0, 1))[None].astype(jnp.float32)
 
 
-@dataclasses.dataclass(frozen=True)
-class AttentionOptions:
-    """How a MultiHeadAttention turns q, k, v into its output (built from a model config by the families).
-
-    kind: softmax | linear | performer | nystrom. rotary: none | rope | rerope | leaky_rerope (self-attention
-    only; rerope needs softmax). symmetric: ReRoPE also clips negative distances (bidirectional attention).
-    The defaults are plain softmax attention on the fastest backend with positions left to the caller.
-    """
-
-    kind: str = "softmax"
-    backend: str = "auto"
-    rotary: str = "none"
-    rope_layout: str = "interleaved"
-    rope_base: float = 10000.0
-    rerope_window: int = 512
-    rerope_leaky: float | None = None
-    symmetric: bool = False
-    performer_features: int = 128
-    performer_redraw: bool = True
-    nystrom_landmarks: int = 64
-    nystrom_pinv_iterations: int = 6
-
-    @property
-    def rerope(self) -> bool:
-        return self.rotary in ("rerope", "leaky_rerope")
-
-
-def attention_options(cfg: Any, symmetric: bool) -> AttentionOptions:
-    """AttentionOptions from any family's config (fields a family lacks keep their defaults)."""
-    position = getattr(cfg, "position_kind", "none")
-    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(AttentionOptions) if hasattr(cfg, f.name)}
-    values.update(
-        kind=getattr(cfg, "attention_kind", "softmax"),
-        backend=getattr(cfg, "attention_backend", "auto"),
-        rotary=position if position in ("rope", "rerope", "leaky_rerope") else "none",
-        rerope_leaky=getattr(cfg, "rerope_leaky", None) if position == "leaky_rerope" else None,
-        symmetric=symmetric,
-    )
-    return AttentionOptions(**values)
-
-
-def performer_projection(module: nn.Module, options: AttentionOptions, head_dim: int,
+def performer_projection(module: nn.Module, options: AttentionConfig, head_dim: int,
                          deterministic: bool) -> Array:
     """FAVOR+ random features: redrawn from the "features" rng stream in training when the caller supplies
     one (and `performer_redraw`), else fixed ones from jax.random.key(0), the same for every layer and call
@@ -240,7 +199,8 @@ class MultiHeadAttention(nn.Module):
 
     With `decode=True` the keys/values of self-attention are appended to a cache ("cache" collection) at
     `cache_index`; cross-attention caches the projected memory once. `scale` multiplies q.k (T5 uses 1.0).
-    `options` picks the kernel and the rotary positions. Keyword-only inputs: `positions` ([b or 1, q]
+    `options` (the model's `AttentionConfig`) picks the kernel and the rotary positions; `symmetric` makes
+    ReRoPE clip negative distances too (bidirectional attention). Keyword-only inputs: `positions` ([b or 1, q]
     absolute positions of the queries, for RoPE/ReRoPE), `key_valid` ([b, k] non-padding keys, for the
     linear kinds, which take no dense mask), `causal` (linear kinds), `segment_ids` ([b, q] segment ids of the
     queries: the UniLM seq2seq mask for linear/performer; with `decode=True` the queries are placed at the
@@ -258,7 +218,8 @@ class MultiHeadAttention(nn.Module):
     o_stddev: float = 1.0
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
-    options: AttentionOptions = AttentionOptions()
+    options: AttentionConfig = AttentionConfig()
+    symmetric: bool = False
 
     def _proj(self, name: str, stddev: float) -> Dense:
         return Dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"), stddev, use_bias=self.use_bias,
@@ -351,8 +312,8 @@ class MultiHeadAttention(nn.Module):
         """(Leaky) ReRoPE on un-rotated q, k: the cached one-query step when q is one position against stored
         key positions, else the prefill scores; plus bias and RealFormer's previous scores when given."""
         o = self.options
-        common = dict(window=o.rerope_window, leaky=o.rerope_leaky, scale=self.scale, layout=o.rope_layout,
-                      base=o.rope_base, symmetric=o.symmetric)
+        common = dict(window=o.rerope_window, leaky=o.leak, scale=self.scale, layout=o.rope_layout,
+                      base=o.rope_base, symmetric=self.symmetric)
         if q.shape[1] == 1:
             position = jnp.broadcast_to(positions, (positions.shape[0], 1))[:, 0]
             scores = attn.rerope_decode_scores(q, k, position, key_positions=key_positions, **common)
@@ -537,9 +498,9 @@ class PositionEmbed(nn.Module):
 def position_embeddings(cfg: Any, positions: Array, **kw: Any) -> Array | None:
     """A BERT/GPT config's absolute position embeddings at `positions` (learned or hierarchical table named
     `position_embeddings`), or None when positions are rotary or absent (no table is created then)."""
-    if cfg.position_kind not in ("learned", "hierarchical"):
+    if cfg.attention.position not in ("learned", "hierarchical"):
         return None
-    alpha = cfg.hierarchical_alpha if cfg.position_kind == "hierarchical" else None
+    alpha = cfg.attention.hierarchical_alpha if cfg.attention.position == "hierarchical" else None
     return PositionEmbed(cfg.max_position_embeddings, cfg.hidden_size, cfg.initializer_range,
                          hierarchical_alpha=alpha, name="position_embeddings", **kw)(positions)
 
@@ -600,7 +561,7 @@ def join_carry(x: Array, scores: tuple[Array, ...]) -> Any:
 
 def initial_scores(cfg: Any, batch: int, q_len: int, *k_lens: int) -> tuple[Array, ...]:
     """RealFormer's starting scores (zeros [b, h, q, k], one per attention stream) or () when it is off."""
-    if not getattr(cfg, "realformer", False):
+    if not cfg.attention.realformer:
         return ()
     return tuple(jnp.zeros((batch, cfg.num_heads, q_len, k), jnp.float32) for k in k_lens)
 

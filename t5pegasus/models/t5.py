@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from t5pegasus.attention import causal_mask, combine, key_padding_mask, padding_mask
-from t5pegasus.config import T5Config
+from t5pegasus.families.t5 import T5Config
 from t5pegasus.models.layers import (
     Dense,
     Embed,
@@ -22,7 +22,6 @@ from t5pegasus.models.layers import (
     MultiHeadAttention,
     RelativePositionBias,
     RMSNorm,
-    attention_options,
     constrain,
     dtype_of,
     initial_scores,
@@ -46,7 +45,7 @@ def _attention(cfg: T5Config, name: str) -> MultiHeadAttention:
         q_stddev=f * (cfg.d_model * cfg.d_kv) ** -0.5, kv_stddev=f * cfg.d_model**-0.5,
         o_stddev=f * (cfg.num_heads * cfg.d_kv) ** -0.5,
         dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), name=name,
-        options=attention_options(cfg, symmetric=False),
+        options=cfg.attention,
     )
 
 
@@ -61,7 +60,7 @@ def _attend(module: MultiHeadAttention, x: Array, scores: tuple[Array, ...], ind
 
 def _relative_bias(cfg: T5Config, bidirectional: bool) -> RelativePositionBias | None:
     """The stack's shared relative position bias module, or None when positions are rotary."""
-    if cfg.position_kind != "relative_bias":
+    if cfg.attention.position != "relative_bias":
         return None
     return RelativePositionBias(cfg.relative_buckets, cfg.relative_max_distance, cfg.num_heads, bidirectional,
                                 stddev=cfg.initializer_factor * cfg.d_model**-0.5,

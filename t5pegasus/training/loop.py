@@ -17,16 +17,23 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-import yaml
 
 from t5pegasus.errors import UserError
-from t5pegasus.fileio import write_text
 from t5pegasus.training import mesh as meshlib
 from t5pegasus.training.checkpoint import Checkpointer
+from t5pegasus.training.data import PreparedData
 from t5pegasus.training.distributed import maybe_initialize
 from t5pegasus.training.metrics import MetricsLog, platform_peak, step_flops
-from t5pegasus.training.objectives import Objective, batch_lengths, make_objective, to_model_batch
+from t5pegasus.training.objectives import (
+    KINDS,
+    Objective,
+    batch_lengths,
+    check_objective,
+    make_objective,
+    to_model_batch,
+)
 from t5pegasus.training.optim import make_optimizer
+from t5pegasus.training.run_folder import RunFolder
 from t5pegasus.training.runconfig import RunConfig, resume_mismatches
 from t5pegasus.training.state import TrainState, init_state, state_from_params, state_shardings
 from t5pegasus.training.step import jit_train_step, make_eval_step, make_train_step
@@ -74,30 +81,49 @@ class _StopSignals:
 
 
 def _model_fields(cfg: RunConfig, data: Any) -> dict[str, Any]:
-    """Vocab size (rounded up to a multiple of 128, so any tensor split divides it) and special ids."""
-    from t5pegasus import config as configs
-
-    family = cfg.model.get("family", "t5")
-    cls = {"t5": configs.T5Config, "bert": getattr(configs, "BertConfig", None),
-           "gpt": getattr(configs, "GPTConfig", None)}.get(family)
-    ids = data.special_ids
-    wanted = {"vocab_size": int(math.ceil(data.vocab_size / 128) * 128), "pad_token_id": ids.get("pad"),
-              "eos_token_id": ids.get("eos"), "unk_token_id": ids.get("unk"),
-              "decoder_start_token_id": ids.get("decoder_start"), "bos_token_id": ids.get("bos")}
-    names = cls.field_names() if cls is not None else []
-    return {k: v for k, v in wanted.items() if k in names and v is not None and k not in cfg.model}
+    """Vocab size (rounded up to a multiple of 128, so any tensor split divides it) and the special ids the
+    data's tokenizer fills, by the family's record; fields the run config sets itself are kept."""
+    wanted = {"vocab_size": int(math.ceil(data.vocab_size / 128) * 128), **cfg.family.special_ids(data.special_ids)}
+    return {k: v for k, v in wanted.items() if k not in cfg.model}
 
 
-def _check_resume(run_dir: Path, cfg: RunConfig, has_checkpoint: bool) -> None:
-    saved_path = run_dir / "config.yaml"
-    if has_checkpoint and saved_path.is_file():
-        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+def _check_resume(run: RunFolder, cfg: RunConfig, has_checkpoint: bool) -> None:
+    saved = run.run_config()
+    if has_checkpoint and saved is not None:
         diffs = resume_mismatches(saved, cfg.to_dict())
         if diffs:
-            raise UserError(f"run {run_dir} has checkpoints from a different config ({'; '.join(diffs)}); "
+            raise UserError(f"run {run.path} has checkpoints from a different config ({'; '.join(diffs)}); "
                             f"resume with the same settings, or start a new run with name=NEW_NAME")
     if jax.process_index() == 0:
-        write_text(saved_path, cfg.to_yaml())
+        run.write_run_config(cfg.to_yaml())
+
+
+def _check_data_task(cfg: RunConfig) -> None:
+    """A corpus build must make the examples the objective reads (checked before any data is built)."""
+    tasks = KINDS[cfg.objective.kind].data_tasks
+    if cfg.data.dataset is None and cfg.data.task not in tasks:
+        raise UserError(f"objective {cfg.objective.kind!r} reads examples of data.task {' or '.join(tasks)}, not "
+                        f"{cfg.data.task!r}; set data.task={tasks[0]}")
+
+
+@dataclasses.dataclass
+class _Context:
+    """What the step loop works with, built once by `train`."""
+
+    cfg: RunConfig
+    data: PreparedData
+    objective: Objective
+    step_fn: Callable
+    eval_fn: Callable
+    train_it: Any
+    batch_sharding: Any
+    ckpt: Checkpointer
+    log: MetricsLog
+    flops: float  # per step, for MFU
+    peak: float  # FLOP/s of the hardware, for MFU
+    lengths: dict[str, int]
+    stop: _StopSignals
+    eval_hook: Callable[[int, TrainState], dict[str, float]] | None
 
 
 def _global_batch(local: dict[str, np.ndarray], sharding: Any) -> dict[str, jax.Array]:
@@ -120,6 +146,8 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
     say = say or (lambda text: print(text, flush=True) if lead else None)
     from t5pegasus.training.data import loader, prepare
 
+    check_objective(cfg.objective.kind, cfg.model_config())  # before any data is built
+    _check_data_task(cfg)
     data = prepare(cfg.data, say)
     model_cfg = cfg.model_config(**_model_fields(cfg, data))
     objective = make_objective(cfg.objective.kind, model_cfg, label_smoothing=cfg.objective.label_smoothing,
@@ -140,20 +168,21 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
     def init_params(key: jax.Array) -> Any:
         return objective.init(key, dummy)
 
-    run_dir = cfg.run_dir.absolute()
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep, asynchronous=cfg.checkpoint.asynchronous)
+    run = RunFolder(cfg.run_dir.absolute())
+    run_dir = run.path
+    ckpt = Checkpointer(run.checkpoints, keep=cfg.checkpoint.keep, asynchronous=cfg.checkpoint.asynchronous)
     latest = ckpt.latest_step()
-    _check_resume(run_dir, cfg, latest is not None)
+    _check_resume(run, cfg, latest is not None)
     if lead:
-        model_cfg.save(run_dir / "model_config.json")
-        write_text(run_dir / "tokenizer.txt", data.tokenizer_path + "\n")
+        run.write_model_config(model_cfg)
+        run.write_tokenizer_record(data.tokenizer_path)
     momentum = cfg.optim.ema
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         abstract, shardings = state_shardings(init_params, tx, momentum, mesh, rules)
         if latest is not None:
             state, data_state = ckpt.restore(latest, abstract, shardings)
             train_it.set_state(data_state)
-            say(f"resuming {run_dir.name} from step {latest} ({run_dir / 'checkpoints' / str(latest)})")
+            say(f"resuming {run_dir.name} from step {latest} ({run.checkpoints / str(latest)})")
         elif initial_params is not None:
             state = state_from_params(initial_params(), tx, momentum, cfg.seed, abstract, shardings)
         else:
@@ -180,8 +209,9 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
         result = RunResult(run_dir, start, start, None, {}, None, [])
         try:
             with _StopSignals() as stop:
-                _loop(cfg, state, start, step_fn, eval_fn, train_it, data, objective, bsh, ckpt, log, flops, peak,
-                      result, stop, lengths, keep_state, eval_hook)
+                context = _Context(cfg, data, objective, step_fn, eval_fn, train_it, bsh, ckpt, log, flops, peak,
+                                   lengths, stop, eval_hook)
+                _loop(context, state, start, result, keep_state)
         finally:
             ckpt.close()
             log.close()
@@ -197,12 +227,8 @@ def _global_shapes(batch: dict[str, np.ndarray], global_batch: int) -> dict[str,
     return {k: jax.ShapeDtypeStruct((global_batch, *v.shape[1:]), v.dtype) for k, v in batch.items()}
 
 
-def _loop(cfg: RunConfig, state: TrainState, start: int, step_fn: Callable, eval_fn: Callable, train_it: Any,
-          data: Any, objective: Objective, bsh: Any, ckpt: Checkpointer, log: MetricsLog, flops: float,
-          peak: float, result: RunResult, stop: _StopSignals, lengths: dict[str, int], keep_state: bool,
-          eval_hook: Callable[[int, TrainState], dict[str, float]] | None = None) -> None:
-    from t5pegasus.training.data import loader
-
+def _loop(c: _Context, state: TrainState, start: int, result: RunResult, keep_state: bool) -> None:
+    cfg, ckpt, log, stop, train_it = c.cfg, c.ckpt, c.log, c.stop, c.train_it
     every = cfg.train.log_every
     window_start, window_steps, window_tokens = None, 0, 0.0
     acc: dict[str, float] = {}
@@ -214,7 +240,7 @@ def _loop(cfg: RunConfig, state: TrainState, start: int, step_fn: Callable, eval
         except StopIteration:
             log.message(f"the dataset ran out at step {step}")
             break
-        state, metrics = step_fn(state, _global_batch(to_model_batch(local, objective), bsh))
+        state, metrics = c.step_fn(state, _global_batch(to_model_batch(local, c.objective), c.batch_sharding))
         step += 1
         m = jax.device_get(metrics)
         if not bool(m["finite"]):
@@ -245,17 +271,17 @@ def _loop(cfg: RunConfig, state: TrainState, start: int, step_fn: Callable, eval
             if window_steps and elapsed > 0:
                 values["step_time"] = elapsed / window_steps
                 values["tokens_per_s"] = window_tokens / elapsed
-                if flops and peak:
-                    values["mfu"] = flops / values["step_time"] / peak
+                if c.flops and c.peak:
+                    values["mfu"] = c.flops / values["step_time"] / c.peak
             if not values.get("loss") and not acc.get("n_finite"):
                 values["loss"] = float(m["loss"])
             log.write(step, "train", values)
             result.last_train = values
             window_start, window_steps, window_tokens, acc = time.perf_counter(), 0, 0.0, {}
-        if (data.eval is not None or eval_hook) and cfg.eval.every and (step % cfg.eval.every == 0
-                                                                         or step == cfg.train.steps):
-            held_out = _evaluate(cfg, state, eval_fn, data, objective, bsh, lengths, loader) if data.eval else {}
-            result.last_eval = {**held_out, **(eval_hook(step, state) if eval_hook else {})}
+        if (c.data.eval is not None or c.eval_hook) and cfg.eval.every and (step % cfg.eval.every == 0
+                                                                             or step == cfg.train.steps):
+            held_out = _evaluate(c, state) if c.data.eval else {}
+            result.last_eval = {**held_out, **(c.eval_hook(step, state) if c.eval_hook else {})}
             log.write(step, "eval", result.last_eval)
         if step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop.received:
             ckpt.save(state, train_it.get_state(), force=True)
@@ -281,16 +307,17 @@ def _tokens(local: dict[str, np.ndarray], global_batch: int) -> float:
     return n * global_batch / max(1, b)
 
 
-def _evaluate(cfg: RunConfig, state: TrainState, eval_fn: Callable, data: Any, objective: Objective, bsh: Any,
-              lengths: dict[str, int], loader: Callable) -> dict[str, float]:
-    it = loader(data.eval, cfg.data, seed=0, shuffle=False, max_lengths=lengths)
+def _evaluate(c: _Context, state: TrainState) -> dict[str, float]:
+    from t5pegasus.training.data import loader
+
+    it = loader(c.data.eval, c.cfg.data, seed=0, shuffle=False, max_lengths=c.lengths)
     total = np.zeros(4)
-    for _ in range(cfg.eval.batches):
+    for _ in range(c.cfg.eval.batches):
         try:
             local = next(it)
         except StopIteration:
             break
-        sums = jax.device_get(eval_fn(state, _global_batch(to_model_batch(local, objective), bsh)))
+        sums = jax.device_get(c.eval_fn(state, _global_batch(to_model_batch(local, c.objective), c.batch_sharding)))
         total += np.asarray([sums.loss, sums.z_loss, sums.correct, sums.weight], np.float64)
     w = max(total[3], 1.0)
     return {"loss": total[0] / w, "accuracy": total[2] / w, "tokens": total[3]}

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from jax import Array
 
+from t5pegasus import families
 from t5pegasus.errors import UserError
 from t5pegasus.training.losses import TokenSums, cross_entropy
 
@@ -69,34 +70,55 @@ def _unilm_args(batch: Batch, deterministic: bool) -> tuple[tuple, dict[str, Any
     return (batch["ids"], batch["segment_ids"]), {"deterministic": deterministic}
 
 
-# kind -> (model family, forward, batch fields -> length name)
-KINDS: dict[str, tuple[str, CallArgs, dict[str, str]]] = {
-    "seq2seq": ("t5", _seq2seq_args, {"encoder_ids": "source", "encoder_mask": "source", "decoder_ids": "target",
-                                         "targets": "target", "weights": "target"}),
-    "lm": ("gpt", _lm_args, {"ids": "length", "targets": "length", "weights": "length"}),
-    "unilm": ("bert", _unilm_args, {"ids": "length", "segment_ids": "length", "targets": "length",
-                                       "weights": "length"}),
+def _unilm_mask(model_cfg: Any) -> str | None:
+    if getattr(model_cfg, "mask", None) != "unilm":
+        return (f"objective unilm needs a BERT with mask='unilm' (set model.mask=unilm), not "
+                f"{getattr(model_cfg, 'mask', None)!r}")
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveKind:
+    """How one `objective.kind` reads a batch: the model's call, the batch fields (field -> which length it has),
+    the prepared-data tasks whose examples carry those fields, and a check of the model config (a message when
+    the config cannot be trained this way). Which families an objective trains is in their family records."""
+
+    call_args: CallArgs
+    fields: Mapping[str, str]
+    data_tasks: tuple[str, ...]
+    check: Callable[[Any], str | None] = lambda model_cfg: None
+
+
+KINDS: dict[str, ObjectiveKind] = {
+    "seq2seq": ObjectiveKind(_seq2seq_args, {"encoder_ids": "source", "encoder_mask": "source",
+                                             "decoder_ids": "target", "targets": "target", "weights": "target"},
+                             ("seq2seq", "pegasus")),
+    "lm": ObjectiveKind(_lm_args, {"ids": "length", "targets": "length", "weights": "length"}, ("lm",)),
+    "unilm": ObjectiveKind(_unilm_args, {"ids": "length", "segment_ids": "length", "targets": "length",
+                                         "weights": "length"}, ("unilm",), _unilm_mask),
 }
-MODEL_CLASSES = {"t5": "T5", "gpt": "GPT", "bert": "Bert"}
-TASK_OF_KIND = {"seq2seq": ("seq2seq", "pegasus"), "lm": ("lm",), "unilm": ("unilm",)}
+
+
+def check_objective(kind: str, model_cfg: Any) -> None:
+    """Refuse an objective kind that is unknown or cannot train `model_cfg` (before any data is built)."""
+    if kind not in KINDS:
+        raise UserError(f"unknown objective {kind!r}; choose one of: {', '.join(KINDS)}")
+    family = families.of(model_cfg)
+    if kind not in family.objectives:
+        trains = " or ".join(f.name for f in families.for_objective(kind)) or "no"
+        raise UserError(f"objective {kind!r} trains a {trains} model, but the model config is a {family.name} "
+                        f"(its objectives: {', '.join(family.objectives)})")
+    problem = KINDS[kind].check(model_cfg)
+    if problem:
+        raise UserError(problem)
 
 
 def make_objective(kind: str, model_cfg: Any, *, label_smoothing: float = 0.0, z_loss: float = 0.0) -> Objective:
-    """The objective `kind` over a model built from `model_cfg` (its family must suit the objective)."""
-    from t5pegasus import models
-
-    if kind not in KINDS:
-        raise UserError(f"unknown objective {kind!r}; choose one of: {', '.join(KINDS)}")
-    family, call_args, fields = KINDS[kind]
-    if model_cfg.family != family:
-        raise UserError(f"objective {kind!r} trains a {family} model, but the model config is a {model_cfg.family}")
-    cls = getattr(models, MODEL_CLASSES[family], None)
-    if cls is None:
-        raise UserError(f"objective {kind!r} needs the {MODEL_CLASSES[family]} model, which this install lacks")
-    if kind == "unilm" and getattr(model_cfg, "attention", "unilm") != "unilm":
-        raise UserError(f"objective unilm needs a BERT with attention='unilm' (set model.attention=unilm), "
-                        f"not {model_cfg.attention!r}")
-    return Objective(kind, cls(model_cfg), call_args, fields, label_smoothing, z_loss)
+    """The objective `kind` over a model built from `model_cfg` (its family must be trained by the objective)."""
+    check_objective(kind, model_cfg)
+    spec = KINDS[kind]
+    model = families.of(model_cfg).model.load()(model_cfg)
+    return Objective(kind, model, spec.call_args, spec.fields, label_smoothing, z_loss)
 
 
 def batch_lengths(batch: Mapping[str, np.ndarray]) -> dict[str, int]:
@@ -111,7 +133,7 @@ def to_model_batch(batch: Mapping[str, np.ndarray], obj: Objective) -> dict[str,
     missing = [f for f in obj.fields if f not in batch]
     if missing:
         raise UserError(f"the dataset's batches lack {', '.join(missing)} needed by objective {obj.name!r}; "
-                        f"prepare the data with a matching --task ({'/'.join(TASK_OF_KIND[obj.name])})")
+                        f"prepare the data with a matching --task ({'/'.join(KINDS[obj.name].data_tasks)})")
     return {f: np.asarray(batch[f], np.int32) for f in obj.fields}
 
 

@@ -131,18 +131,19 @@ class RunConfig:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
+    @property
+    def family(self) -> Any:
+        """The model family record (`t5pegasus.families.Family`) of the `model` section."""
+        from t5pegasus import families
+
+        return families.get(self.model.get("family", "t5"))
+
     def model_config(self, **fixed: Any) -> Any:
         """The model config: family preset + overrides + `fixed` (vocab size and special ids from the data)."""
-        from t5pegasus import config as configs
-
         values = dict(self.model)
-        family = values.pop("family", "t5")
+        values.pop("family", None)
         preset = values.pop("preset", None)
-        classes = {c.family: c for c in (getattr(configs, n, None) for n in ("T5Config", "BertConfig",
-                                                                              "GPTConfig")) if c is not None}
-        if family not in classes:
-            raise UserError(f"model.family {family!r} is not available; choose one of: {', '.join(classes)}")
-        cls = classes[family]
+        cls = self.family.config
         values.update(fixed)
         values.setdefault("dtype", self.train.dtype)
         return cls.preset(preset, **values) if preset else cls.from_dict(values)
@@ -234,6 +235,9 @@ def _check(cfg: RunConfig) -> None:
         raise UserError("log.progress must be auto, on or off")
     if cfg.checkpoint.every < 1 or cfg.checkpoint.keep < 1:
         raise UserError("checkpoint.every and checkpoint.keep must be at least 1")
+    # Every model.* key, the family and the preset, checked now (not after the data is prepared): the data only
+    # adds the vocabulary size and the special ids.
+    cfg.model_config()
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -1,0 +1,71 @@
+"""What a family's converter provides, as records the format-generic code (hf.py, hf_export.py, tf.py) calls.
+
+Each family converter module ends with a `FORMAT` record (`HFFormat` in `<family>_hf.py`, `TFFormat` in
+`<family>_tf.py`), which its `t5pegasus.families` record names. The generic code never asks which family it
+holds: what differs between families is a field here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from t5pegasus.config import ConfigBase
+from t5pegasus.convert.checkpoint_files import TensorSource
+from t5pegasus.convert.name_map import Entry
+
+Tensors = dict[str, np.ndarray]
+
+
+def _nothing_lost(cfg: ConfigBase, params: Any) -> str | None:
+    return None
+
+
+def _no_tensors(cfg: ConfigBase, params: Any) -> Tensors:
+    return {}
+
+
+def _unchanged(cfg: ConfigBase, params: dict[str, Any], exact: Tensors) -> dict[str, Any]:
+    return params
+
+
+@dataclasses.dataclass(frozen=True)
+class HFFormat:
+    """A family's mapping to HF transformers.
+
+    `config_from_hf(hf_config, tensors)` / `params_from_hf(cfg, tensors)` import; `config_to_hf(cfg)` /
+    `params_to_hf(cfg, params)` export (torch layout, every key HF expects). `lossy(cfg, params)` says what an
+    export could not express (a sentence with its measured effect; None when exact). `exact_tensors(cfg,
+    params)` are kept beside the export so a re-import is bit-exact, and `restore_exact(cfg, params, tensors)`
+    puts them back.
+    """
+
+    config_from_hf: Callable[[dict[str, Any], TensorSource], ConfigBase]
+    params_from_hf: Callable[[Any, TensorSource], dict[str, Any]]
+    config_to_hf: Callable[[Any], dict[str, Any]]
+    params_to_hf: Callable[[Any, dict[str, Any]], Tensors]
+    lossy: Callable[[Any, Any], str | None] = _nothing_lost
+    exact_tensors: Callable[[Any, Any], Tensors] = _no_tensors
+    restore_exact: Callable[[Any, dict[str, Any], Tensors], dict[str, Any]] = _unchanged
+
+
+@dataclasses.dataclass(frozen=True)
+class TFFormat:
+    """A family's TF checkpoint layout in its original release's names.
+
+    `label` names the layout in messages; `root` is a tensor that only this family's checkpoints hold (how a
+    checkpoint's family is detected). `entries(cfg, t5_norm)` is the name map (`t5_norm` picks T5's norm
+    spelling; other families ignore it); `check_exportable(cfg)` refuses what the names cannot hold;
+    `native_config(cfg)` are the release's own config files; `config_from_native(folder, tensors)` reads them.
+    """
+
+    label: str
+    root: str
+    entries: Callable[[Any, str | None], list[Entry]]
+    check_exportable: Callable[[Any], None]
+    native_config: Callable[[Any], dict[str, dict[str, Any]]]
+    config_from_native: Callable[[Path, TensorSource], ConfigBase]

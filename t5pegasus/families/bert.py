@@ -1,0 +1,77 @@
+"""The BERT family: BERT, UniLM (BERT with the seq2seq mask) and SimBERT (config and registration)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from t5pegasus.config import StackConfig
+from t5pegasus.families import Family, Ref, register
+
+BERT_MASKS = ("bidirectional", "unilm", "causal")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig(StackConfig):
+    """BERT encoder with pooler and tied MLM head; `mask` picks the attention mask (UniLM = BERT + seq2seq mask).
+
+    `mask="unilm"` builds the mask from segment ids (0 source, 1 target); "causal" is a plain LM mask.
+    `conditional_layer_norm` makes every LayerNorm conditional on a vector of `condition_size` (its projection
+    starts at zero, so the model starts identical to the unconditioned one). `with_pooler` / `with_mlm` say
+    whether the pooler and the MLM head exist (HF `BertModel` has no MLM head, `BertForMaskedLM` no pooler).
+    Configs saved before the attention switches were nested call the mask `attention`; they still load.
+    """
+
+    family: ClassVar[str] = "bert"
+
+    vocab_size: int = 21128
+    type_vocab_size: int = 2
+    mask: str = "bidirectional"
+    with_pooler: bool = True
+    pooler_activation: str = "tanh"
+    with_mlm: bool = True
+    conditional_layer_norm: bool = False
+    condition_size: int = 0
+    unk_token_id: int = 100
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    mask_token_id: int = 103
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, head_dim=8, intermediate_size=64,
+                     max_position_embeddings=64, dropout_rate=0.0, unk_token_id=1, cls_token_id=2, sep_token_id=3,
+                     mask_token_id=4),
+        "bert-base-chinese": dict(),
+        "unilm-base": dict(mask="unilm"),
+        # SimBERT: UniLM whose pooler is linear (its output is the sentence vector).
+        "simbert-base": dict(mask="unilm", pooler_activation="linear"),
+    }
+
+    @classmethod
+    def upgrade(cls, values: dict[str, Any]) -> dict[str, Any]:
+        values = dict(values)
+        if isinstance(values.get("attention"), str):  # the mask's name before the attention switches nested
+            values["mask"] = values.pop("attention")
+        return super().upgrade(values)
+
+    def __post_init__(self) -> None:
+        self._check(self.mask in BERT_MASKS, f"mask {self.mask!r} is not one of {', '.join(BERT_MASKS)}")
+        self._check(self.pooler_activation in ("tanh", "linear"), "pooler_activation must be tanh or linear")
+        self._check(self.type_vocab_size > 0, "type_vocab_size must be positive")
+        self._check(not self.conditional_layer_norm or self.condition_size > 0,
+                    "conditional_layer_norm needs condition_size > 0")
+        self._check_stack(causal=self.mask != "bidirectional", unilm=self.mask == "unilm")
+
+
+FAMILY = register(Family(
+    name="bert",
+    config=BertConfig,
+    model=Ref("t5pegasus.models.bert:Bert"),
+    objectives=("unilm",),
+    decoding=Ref("t5pegasus.decoding.lm_adapters:UniLMDecoding"),
+    token_ids={"pad_token_id": ("pad",), "unk_token_id": ("unk",), "cls_token_id": ("bos",),
+               "sep_token_id": ("eos",), "mask_token_id": ("mask",)},
+    hf=Ref("t5pegasus.convert.bert_hf:FORMAT"),
+    hf_model_types=("bert",),
+    tf=Ref("t5pegasus.convert.bert_tf:FORMAT"),
+))
