@@ -222,8 +222,13 @@ class ConfigBase:
         """Build from a dict; a key that is not a field is a UserError naming the fields that exist."""
         values = cls.upgrade(values)
         _unknown_fields(cls, values, cls.__name__)
-        if "attention" in values:
-            values["attention"] = AttentionConfig.from_dict(values["attention"])
+        given = values.get("attention")
+        if isinstance(given, dict):  # fields not given keep this family's defaults (T5: relative_bias positions)
+            default = next(f.default for f in dataclasses.fields(cls) if f.name == "attention")
+            _unknown_fields(AttentionConfig, given, "attention")
+            values["attention"] = AttentionConfig.from_dict({**dataclasses.asdict(default), **given})
+        elif given is not None:
+            values["attention"] = AttentionConfig.from_dict(given)
         return cls(**values)
 
     def replace(self: C, **changes: Any) -> C:
