@@ -129,12 +129,12 @@ def test_evaluate_prints_the_metrics(finetuned, tmp_path):
 
 def test_convert_reads_the_best_model(finetuned, tmp_path):
     from t5pegasus.convert import load_hf
-    from t5pegasus.convert.run import load_run
+    from t5pegasus.training.run_folder import RunFolder
 
     run, _ = finetuned
     code, _ = _run("convert", str(run / "best"), str(tmp_path / "hf"))
     assert code == 0 and (tmp_path / "hf" / "vocab.txt").is_file()
-    _, want = load_run(run / "best")
+    _, want = RunFolder(run / "best").load_params()
     _, got = load_hf(tmp_path / "hf")
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)

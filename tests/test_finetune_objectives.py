@@ -49,7 +49,7 @@ def _hf_folder(d, family):
 def test_finetune_from_hf_folder(files, family, objective):
     from t5pegasus.config import load_config
     from t5pegasus.decoding import Settings
-    from t5pegasus.finetune.model_dir import load_model
+    from t5pegasus.convert.model_folder import load_model
     from t5pegasus.finetune.predict import Predictor
 
     d = files

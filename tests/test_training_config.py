@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from t5pegasus.cli import main
-from t5pegasus.families import BertConfig, GPTConfig
 from t5pegasus.errors import UserError
+from t5pegasus.families import BertConfig, GPTConfig
 from t5pegasus.training import runconfig
 from t5pegasus.training.objectives import make_objective
 from t5pegasus.training.optim import OptimConfig, make_optimizer
@@ -89,3 +89,46 @@ def test_lm_and_unilm_objectives_train(kind):
     assert float(m["tokens"]) == float(np.sum(batch["weights"]))
     with pytest.raises(UserError, match="t5"):
         make_objective("seq2seq", cfg)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.d_modle=64", "d_modle"),
+    ("model.attention.knd=linear", "knd"),
+    ("model.attention.kind=linar", "attention.kind 'linar'"),
+    ("model.family=gtp", "did you mean gpt"),
+    ("model.preset=t5-pegasus-smal", "t5-pegasus-small"),
+])
+def test_model_section_is_checked_before_any_data(tmp_path, override, message):
+    """Every model.* key is validated when the run config is read, before the corpus or vocabulary is touched."""
+    cache = tmp_path / "cache"
+    with pytest.raises(UserError, match=message):
+        runconfig.load(None, [override, f"data.cache_dir={cache}", f"output_dir={tmp_path}"])
+    assert not cache.exists()
+
+
+def test_objective_family_mismatch_stops_before_data(tmp_path):
+    """An objective that cannot train the model (or reads other examples) stops train() before data is built."""
+    from t5pegasus.training.loop import train
+
+    cache = tmp_path / "cache"
+    for extra, message in ((["objective.kind=lm"], "objective 'lm' trains a gpt model"),
+                           (["data.task=lm"], "reads examples of data.task seq2seq or pegasus")):
+        cfg = runconfig.load(None, [f"data.cache_dir={cache}", f"output_dir={tmp_path}", *extra])
+        with pytest.raises(UserError, match=message):
+            train(cfg)
+        assert not cache.exists()
+
+
+def test_every_family_record_resolves():
+    """Each registered family names a config class that knows its name and parts that import."""
+    from t5pegasus import config, families
+    from t5pegasus.training.objectives import KINDS
+
+    for family in families.all_families():
+        assert config.config_class(family.name) is family.config and family.config.family == family.name
+        assert callable(family.model.load()) and callable(family.decoding.load())
+        assert family.default_objective in KINDS
+        for fmt in ("hf", "tf"):
+            assert family.converter(fmt) is not None
+    assert families.for_hf_model_type("mt5").name == "t5" and families.for_hf_model_type("llama") is None
+

@@ -40,14 +40,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def detect(path: Path) -> str:
     """The format of an existing source path, or a UserError saying what was expected."""
-    from t5pegasus.convert.run import is_run_dir
     from t5pegasus.convert.tf_checkpoint import is_tf_checkpoint
+    from t5pegasus.training.run_folder import RunFolder
 
     if is_tf_checkpoint(path):  # before hf: the T5 PEGASUS release has a config.json beside its checkpoint
         return "tf"
     if not path.exists():
         raise UserError(f"{path} does not exist")
-    if is_run_dir(path):
+    if RunFolder.holds_run(path):
         return "run"
     if (path / "config.json").is_file():
         return "hf"
@@ -75,9 +75,9 @@ def _read(args: argparse.Namespace, src: Path, src_format: str) -> tuple[Any, An
     if args.ema and src_format != "run":
         raise UserError("--ema needs a training run as SRC (other formats hold one set of weights)")
     if src_format == "run":
-        from t5pegasus.convert.run import load_run
+        from t5pegasus.training.run_folder import RunFolder
 
-        return load_run(src, step=args.step, ema=args.ema)
+        return RunFolder(src).load_params(step=args.step, ema=args.ema)
     if src_format == "hf":
         from t5pegasus.convert.hf import load_hf
 

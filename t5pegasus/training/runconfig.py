@@ -17,7 +17,42 @@ from typing import Any
 import yaml
 
 from t5pegasus.errors import UserError
-from t5pegasus.training.optim import OptimConfig
+
+OPTIMIZERS = ("adamw", "adafactor")
+CLIPS = ("global", "soft", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule settings (the `optim` section of a run config)."""
+
+    name: str = "adamw"
+    learning_rate: float = 1e-3
+    schedule: str = "piecewise"
+    points: dict[int, float] | None = None  # piecewise: {step: multiplier}; default {warmup_steps: 1}
+    warmup_steps: int = 0
+    total_steps: int = 0  # cosine: the step the decay ends (default: the run's steps)
+    final_fraction: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    clip: float = 1.0  # 0 = no clipping
+    clip_kind: str = "global"
+    accumulate: int = 1  # micro-batches per update (same update as one batch `accumulate` times larger)
+    ema: float = 0.0  # EMA momentum of the weights (e.g. 0.999); 0 = off
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise UserError(f"optim.name {self.name!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.clip_kind not in CLIPS:
+            raise UserError(f"optim.clip_kind {self.clip_kind!r} is not one of {', '.join(CLIPS)}")
+        if self.accumulate < 1:
+            raise UserError("optim.accumulate must be at least 1")
+        if not 0.0 <= self.ema < 1.0:
+            raise UserError("optim.ema must be in [0, 1)")
+        if self.learning_rate <= 0:
+            raise UserError("optim.learning_rate must be positive")
 
 
 @dataclasses.dataclass(frozen=True)
