@@ -15,7 +15,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"attention", "models", "text", "pretrain", "training", "convert", "finetune", "generate", "config"}
+_SUBMODULES = {"attention", "models", "text", "pretrain", "training", "convert", "finetune", "decoding", "config"}
 _CONFIG_NAMES = {"T5Config", "BertConfig", "GPTConfig", "load_config"}
 
 
