@@ -87,15 +87,15 @@ def main() -> None:
         cfg, params = tp.convert.load_hf(folder)
     src = np.random.default_rng(0).integers(200, SHAPE["vocab_size"], (args.batch, args.source)).astype(np.int32)
     src_t = torch.tensor(src, dtype=torch.long)
-    model = tp.generate.T5Decoding(cfg)
+    model = tp.decoding.T5Decoding(cfg)
     n = args.new
     modes = (("greedy", 1), ("beam4", 4))
     peak, bandwidth = measure_matmul_peak("float32"), read_bandwidth()
     floor = roofline_s(cfg, params, src, n, tuple(beams for _, beams in modes), peak, bandwidth)
     ours, reference, tokens_match, fraction = {}, {}, {}, {}
     for name, beams in modes:
-        settings = tp.generate.Settings(max_new_tokens=n, min_new_tokens=n, num_beams=beams)
-        run = lambda s=settings: jax.block_until_ready(tp.generate.generate(model, params, {"source_ids": src}, s))
+        settings = tp.decoding.Settings(max_new_tokens=n, min_new_tokens=n, num_beams=beams)
+        run = lambda s=settings: jax.block_until_ready(tp.decoding.generate(model, params, {"source_ids": src}, s))
         out = run()  # compile
         assert (np.asarray(out.lengths) == n).all()
         seconds = best_time(run, args.repeats)

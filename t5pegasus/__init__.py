@@ -15,8 +15,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"attention", "models", "text", "pretrain", "training", "convert", "finetune", "generate", "config",
-               "families", "decoding"}
+_SUBMODULES = {"attention", "models", "text", "pretrain", "training", "convert", "finetune", "decoding", "config",
+               "families"}
 _CONFIG_NAMES = {"T5Config": "families", "BertConfig": "families", "GPTConfig": "families", "load_config": "config"}
 
 

@@ -48,8 +48,8 @@ def _hf_folder(d, family):
 @pytest.mark.parametrize("family,objective", [("gpt", "lm"), ("bert", "unilm")])
 def test_finetune_from_hf_folder(files, family, objective):
     from t5pegasus.config import load_config
-    from t5pegasus.decoding import Settings
     from t5pegasus.convert.model_folder import load_model
+    from t5pegasus.decoding import Settings
     from t5pegasus.finetune.predict import Predictor
 
     d = files

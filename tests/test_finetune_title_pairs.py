@@ -2,13 +2,13 @@
 
 import json
 
-from t5pegasus.finetune.title_pairs import main
+from t5pegasus.cli import main
 from t5pegasus.pretrain.corpora import iter_peoples_daily_documents
 from t5pegasus.training.runconfig import DataConfig
 
 
 def test_dev_articles_are_the_pretraining_held_out_documents(tmp_path, capsys):
-    assert main([str(tmp_path)]) == 0
+    assert main(["titles", str(tmp_path)]) == 0
     assert "dev pairs" in capsys.readouterr().out
     read = lambda name: [json.loads(line) for line in (tmp_path / name).read_text(encoding="utf-8").splitlines()]
     train, dev = read("train.jsonl"), read("dev.jsonl")

@@ -29,7 +29,7 @@ def gpt(tmp_path_factory):
     mask = np.ones_like(prompt, bool)
     mask[1, :2] = False  # left padding, as HF expects for decoder-only generation
     mask[3, :4] = False
-    return hf, tp.generate.GPTDecoding(cfg), params, prompt, mask
+    return hf, tp.decoding.GPTDecoding(cfg), params, prompt, mask
 
 
 def trim(row):
@@ -50,7 +50,7 @@ def test_gpt2_equals_hf(gpt, kw, padded):
     hf, model, params, prompt, mask = gpt
     if not padded:
         mask = np.ones_like(mask)
-    out = tp.generate.generate(model, params, {"prompt_ids": prompt, "prompt_mask": mask}, **kw)
+    out = tp.decoding.generate(model, params, {"prompt_ids": prompt, "prompt_mask": mask}, **kw)
     ref = hf.generate(input_ids=torch.tensor(prompt), attention_mask=torch.tensor(mask.astype(np.int64)),
                       do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_scores=True, **kw)
     theirs = ref.sequences.numpy()[:, prompt.shape[1]:]
@@ -85,7 +85,7 @@ def unilm():
 @pytest.mark.parametrize("kw", [dict(), dict(num_beams=2, early_stopping=True)])
 def test_unilm_equals_uncached_recomputation(unilm, kw):
     cfg, model, params, src = unilm
-    out = tp.generate.generate(tp.generate.UniLMDecoding(cfg), params, {"source_ids": src}, max_new_tokens=6,
+    out = tp.decoding.generate(tp.decoding.UniLMDecoding(cfg), params, {"source_ids": src}, max_new_tokens=6,
                                **kw)
     tokens, lengths, scores = (np.asarray(x)[:, 0] for x in out)
     forward = jax.jit(lambda ids, seg: jax.nn.log_softmax(model.apply({"params": params}, ids, seg).logits))
@@ -107,4 +107,4 @@ def test_unilm_equals_uncached_recomputation(unilm, kw):
 
 def test_unilm_needs_the_seq2seq_mask():
     with pytest.raises(tp.UserError):
-        tp.generate.UniLMDecoding(dataclasses.replace(tp.BertConfig.preset("tiny"), mask="bidirectional"))
+        tp.decoding.UniLMDecoding(dataclasses.replace(tp.BertConfig.preset("tiny"), mask="bidirectional"))

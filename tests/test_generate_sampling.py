@@ -68,8 +68,8 @@ def support_np(logits, temperature, top_k, top_p):
 @pytest.mark.parametrize("kw", [dict(top_k=3), dict(top_p=0.6, temperature=0.7), dict(top_k=5, top_p=0.8)])
 def test_samples_stay_in_the_support(kw):
     params = table(1)
-    settings = tp.generate.Settings(max_new_tokens=12, do_sample=True, num_return_sequences=8, **kw)
-    out = tp.generate.generate(Bigram(), params, {"prompt": PROMPT}, settings, seed=3)
+    settings = tp.decoding.Settings(max_new_tokens=12, do_sample=True, num_return_sequences=8, **kw)
+    out = tp.decoding.generate(Bigram(), params, {"prompt": PROMPT}, settings, seed=3)
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
     t = np.asarray(params["table"])
     checked = 0
@@ -88,7 +88,7 @@ def test_samples_stay_in_the_support(kw):
 
 def test_sampling_is_reproducible_per_seed():
     params = table(2)
-    run = lambda seed: np.asarray(tp.generate.generate(Bigram(), params, {"prompt": PROMPT}, seed=seed,
+    run = lambda seed: np.asarray(tp.decoding.generate(Bigram(), params, {"prompt": PROMPT}, seed=seed,
                                                        max_new_tokens=10, do_sample=True, top_k=6,
                                                        num_return_sequences=3).tokens)
     a, b, c = run(0), run(0), run(1)
@@ -101,7 +101,7 @@ def test_end_token_stays_a_candidate_of_top_k():
     # The end token is never among the top 1, yet with top_k=1 it is still sampled sometimes (HF would not).
     t = np.asarray(table(3)["table"]).copy()
     t[:, EOS] = t.max(axis=1) - 0.5
-    out = tp.generate.generate(Bigram(), {"table": jnp.asarray(t)}, {"prompt": PROMPT}, max_new_tokens=12,
+    out = tp.decoding.generate(Bigram(), {"table": jnp.asarray(t)}, {"prompt": PROMPT}, max_new_tokens=12,
                                do_sample=True, top_k=1, num_return_sequences=8, seed=0)
     lengths = np.asarray(out.lengths)
     assert (lengths < 12).any()
@@ -112,7 +112,7 @@ def test_end_token_stays_a_candidate_of_top_k():
 
 @pytest.mark.parametrize("kw", [dict(), dict(num_beams=3, early_stopping=True), dict(do_sample=True, top_p=0.9)])
 def test_model_that_never_ends_stops_at_max_length(kw):
-    out = tp.generate.generate(Bigram(), table(4, eos_logit=-1e4), {"prompt": PROMPT}, max_new_tokens=7, **kw)
+    out = tp.decoding.generate(Bigram(), table(4, eos_logit=-1e4), {"prompt": PROMPT}, max_new_tokens=7, **kw)
     assert (np.asarray(out.lengths) == 7).all()
     assert not (np.asarray(out.tokens) == EOS).any()
 
@@ -120,7 +120,7 @@ def test_model_that_never_ends_stops_at_max_length(kw):
 def test_greedy_follows_the_bigram_chain_and_min_length():
     params = table(5)
     t = np.asarray(params["table"])
-    out = tp.generate.generate(Bigram(), params, {"prompt": PROMPT}, max_new_tokens=9, min_new_tokens=4)
+    out = tp.decoding.generate(Bigram(), params, {"prompt": PROMPT}, max_new_tokens=9, min_new_tokens=4)
     for b in range(len(PROMPT)):
         prev = PROMPT[b, -1]
         for i in range(int(out.lengths[b, 0])):
@@ -136,10 +136,10 @@ def test_processors_equal_hf():
     seq = rng.integers(0, 6, (5, 11))  # a small alphabet, so n-grams repeat
     scores = rng.normal(size=(5, VOCAB)).astype(np.float32)
     valid = np.ones_like(seq, bool)
-    got = tp.generate.repetition_penalty(jnp.asarray(scores), jnp.asarray(seq), jnp.asarray(valid), 1.7)
+    got = tp.decoding.repetition_penalty(jnp.asarray(scores), jnp.asarray(seq), jnp.asarray(valid), 1.7)
     want = RepetitionPenaltyLogitsProcessor(1.7)(torch.tensor(seq), torch.tensor(scores)).numpy()
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
-    banned_fn = jax.jit(tp.generate.banned_ngram_tokens, static_argnums=(3, 4))
+    banned_fn = jax.jit(tp.decoding.banned_ngram_tokens, static_argnums=(3, 4))
     for n in (1, 2, 3, 12):
         for cur in (1, 2, 7, 11):
             banned = banned_fn(jnp.asarray(seq), jnp.asarray(valid), jnp.int32(cur), n, VOCAB)
@@ -152,9 +152,9 @@ def test_bad_settings_are_user_errors():
                dict(num_return_sequences=2), dict(num_beams=2, num_return_sequences=3), dict(top_p=0.0),
                dict(temperature=0.0), dict(early_stopping="sometimes")]:
         with pytest.raises(tp.UserError):
-            tp.generate.Settings(**kw)
+            tp.decoding.Settings(**kw)
     with pytest.raises(tp.UserError):
-        tp.generate.generate(Bigram(), table(), {"prompt": PROMPT}, beams=3)
+        tp.decoding.generate(Bigram(), table(), {"prompt": PROMPT}, beams=3)
 
 
 def test_greedy_token_is_jnp_argmax_with_ties_and_nan():

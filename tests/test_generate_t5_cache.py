@@ -36,7 +36,7 @@ def full_log_probs(model, params, src, tokens):
 
 def test_greedy_equals_uncached_argmax(setup):
     cfg, model, params, src = setup
-    out = tp.generate.generate(tp.generate.T5Decoding(cfg), params, {"source_ids": src}, max_new_tokens=10)
+    out = tp.decoding.generate(tp.decoding.T5Decoding(cfg), params, {"source_ids": src}, max_new_tokens=10)
     tokens, lengths = np.asarray(out.tokens)[:, 0], np.asarray(out.lengths)[:, 0]
     logp = full_log_probs(model, params, src, tokens)
     for r in range(len(src)):
@@ -52,7 +52,7 @@ def test_greedy_equals_uncached_argmax(setup):
 def test_beam_scores_equal_uncached_log_probs(setup):
     cfg, model, params, src = setup
     alpha = 0.8
-    out = tp.generate.generate(tp.generate.T5Decoding(cfg), params, {"source_ids": src}, max_new_tokens=10,
+    out = tp.decoding.generate(tp.decoding.T5Decoding(cfg), params, {"source_ids": src}, max_new_tokens=10,
                                num_beams=3, num_return_sequences=3, length_penalty=alpha, early_stopping=True)
     tokens = np.asarray(out.tokens).reshape(-1, 10)
     lengths, scores = np.asarray(out.lengths).reshape(-1), np.asarray(out.scores).reshape(-1)
@@ -63,7 +63,7 @@ def test_beam_scores_equal_uncached_log_probs(setup):
         np.testing.assert_allclose(scores[r], want, rtol=1e-4, atol=1e-4)
     assert (np.diff(np.asarray(out.scores), axis=1) <= 1e-6).all()  # best first
     # Beams differ from greedy somewhere, so the comparison exercised the cache reordering.
-    greedy = np.asarray(tp.generate.generate(tp.generate.T5Decoding(cfg), params, {"source_ids": src},
+    greedy = np.asarray(tp.decoding.generate(tp.decoding.T5Decoding(cfg), params, {"source_ids": src},
                                              max_new_tokens=10).tokens)[:, 0]
     assert not np.array_equal(np.asarray(out.tokens)[:, 0], greedy)
 

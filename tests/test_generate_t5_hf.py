@@ -27,7 +27,7 @@ def pair(tmp_path_factory):
     src = rng.integers(2, cfg.vocab_size, (6, 9))
     src[1, 6:] = PAD
     src[4, 3:] = PAD
-    return hf, tp.generate.T5Decoding(cfg), params, src
+    return hf, tp.decoding.T5Decoding(cfg), params, src
 
 
 def hf_generate(hf, src, **kw):
@@ -61,7 +61,7 @@ GREEDY = [
 @pytest.mark.parametrize("kw", GREEDY)
 def test_greedy_equals_hf(pair, kw):
     hf, model, params, src = pair
-    out = tp.generate.generate(model, params, {"source_ids": src}, **kw)
+    out = tp.decoding.generate(model, params, {"source_ids": src}, **kw)
     theirs, _ = hf_generate(hf, src, num_beams=1, **kw)
     lengths = np.asarray(out.lengths)[:, 0]
     assert_same_tokens(np.asarray(out.tokens)[:, 0], lengths, theirs, kw["max_new_tokens"])
@@ -84,7 +84,7 @@ BEAM = [
 @pytest.mark.parametrize("kw", BEAM)
 def test_beam_search_equals_hf(pair, kw):
     hf, model, params, src = pair
-    out = tp.generate.generate(model, params, {"source_ids": src}, **kw)
+    out = tp.decoding.generate(model, params, {"source_ids": src}, **kw)
     theirs, their_scores = hf_generate(hf, src, **kw)
     n = kw["num_return_sequences"]
     tokens = np.asarray(out.tokens).reshape(len(src) * n, -1)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from t5pegasus.finetune.options import add_decoding_args, add_model_args
+from t5pegasus.cli.options import add_decoding_args, add_model_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +58,7 @@ def _write(lines: Iterator[str], output: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from t5pegasus.finetune.options import open_predictor
+    from t5pegasus.cli.options import open_predictor
 
     sources = None
     if args.input or not sys.stdin.isatty():

@@ -1,6 +1,6 @@
 """Write the People's Daily (headline, article) title-generation task as JSONL train / dev files.
 
-`python -m t5pegasus.finetune.title_pairs OUT_DIR` writes OUT_DIR/train.jsonl and OUT_DIR/dev.jsonl with
+`t5pegasus titles OUT_DIR` (`write_title_pairs`) writes OUT_DIR/train.jsonl and OUT_DIR/dev.jsonl with
 `{"src": article body, "tgt": headline}` lines. The dev articles are the ones the default pretraining run holds
 out (every `eval_every_nth`-th article, `data.eval_every_nth` of a pretraining run config), so a model pretrained
 with `t5pegasus pretrain` has never seen a dev article, not even as a pseudo-summary document.
@@ -8,12 +8,9 @@ with `t5pegasus pretrain` has never seen a dev article, not even as a pseudo-sum
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
-from t5pegasus.errors import UserError
 from t5pegasus.fileio import write_text
 
 DEFAULT_EVAL_EVERY_NTH = 50  # t5pegasus.training.runconfig.DataConfig.eval_every_nth
@@ -46,24 +43,3 @@ def write_title_pairs(out_dir: str | Path, **options: int) -> tuple[Path, Path, 
         write_text(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
     return paths[0], paths[1], len(train), len(dev)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m t5pegasus.finetune.title_pairs",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir", help="folder to write train.jsonl and dev.jsonl into")
-    parser.add_argument("--eval-every-nth", type=int, default=DEFAULT_EVAL_EVERY_NTH,
-                        help="every n-th article is a dev article (the pretraining run's data.eval_every_nth, 50)")
-    parser.add_argument("--max-body-chars", type=int, default=0, help="cut article bodies to N characters (0 = keep)")
-    args = parser.parse_args(argv)
-    try:
-        train_path, dev_path, n_train, n_dev = write_title_pairs(
-            args.out_dir, eval_every_nth=args.eval_every_nth, max_body_chars=args.max_body_chars)
-    except UserError as e:
-        print(f"title_pairs: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {n_train} training pairs to {train_path} and {n_dev} dev pairs to {dev_path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

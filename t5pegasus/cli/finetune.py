@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from t5pegasus.finetune.options import add_decoding_args, settings_from_args
+from t5pegasus.cli.options import add_decoding_args, settings_from_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

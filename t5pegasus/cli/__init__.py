@@ -1,8 +1,9 @@
 """The `t5pegasus` command: one entry point, one subcommand per job.
 
-Each subcommand lives in the package that does the work, as a module with
-`configure(parser: argparse.ArgumentParser) -> None` and `run(args: argparse.Namespace) -> int`.
-Those modules import heavy libraries (JAX, torch) inside `run`, so `--help` stays fast.
+Each subcommand is a module of this package named after it (`t5pegasus.cli.pretrain`, ...), with
+`configure(parser: argparse.ArgumentParser) -> None` and `run(args: argparse.Namespace) -> int`; the work itself
+is done by the layers below (training, pretrain, finetune, convert, text). Those modules import heavy libraries
+(JAX, torch) inside `run`, so `--help` stays fast. `python -m t5pegasus.cli` runs `main` (see `__main__.py`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from t5pegasus.host_memory import retain_freed_memory
 
 # name -> (module, one-line help). A module that is not there yet is left out of the command.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "pretrain": ("t5pegasus.training.cli", "pretrain a model (default: T5 PEGASUS on the demo corpus)"),
-    "prepare": ("t5pegasus.pretrain.cli_prepare", "turn raw text into a pretraining dataset"),
-    "vocab": ("t5pegasus.text.cli_vocab", "build a vocabulary (WordPiece + jieba, or sentencepiece)"),
-    "shuffle": ("t5pegasus.pretrain.cli_shuffle", "globally shuffle a text file larger than memory"),
-    "convert": ("t5pegasus.convert.cli", "convert checkpoints between run, HF, TF and Megatron formats"),
-    "finetune": ("t5pegasus.finetune.cli_finetune", "fine-tune a model on seq2seq or LM data"),
-    "generate": ("t5pegasus.finetune.cli_generate", "generate text from a model"),
-    "evaluate": ("t5pegasus.finetune.cli_evaluate", "evaluate a model with ROUGE and BLEU"),
+    "pretrain": ("t5pegasus.cli.pretrain", "pretrain a model (default: T5 PEGASUS on the demo corpus)"),
+    "prepare": ("t5pegasus.cli.prepare", "turn raw text into a pretraining dataset"),
+    "vocab": ("t5pegasus.cli.vocab", "build a vocabulary (WordPiece + jieba, or sentencepiece)"),
+    "shuffle": ("t5pegasus.cli.shuffle", "globally shuffle a text file larger than memory"),
+    "titles": ("t5pegasus.cli.titles", "write the People's Daily title task as train / dev JSONL files"),
+    "convert": ("t5pegasus.cli.convert", "convert checkpoints between run, HF, TF and Megatron formats"),
+    "finetune": ("t5pegasus.cli.finetune", "fine-tune a model on seq2seq or LM data"),
+    "generate": ("t5pegasus.cli.generate", "generate text from a model"),
+    "evaluate": ("t5pegasus.cli.evaluate", "evaluate a model with ROUGE and BLEU"),
 }
 
 
@@ -84,7 +86,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"t5pegasus {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,10 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from t5pegasus.convert.detect import FORMATS, detect, tokenizer_files
 from t5pegasus.errors import UserError
-
-FORMATS = ("run", "hf", "tf", "megatron")
-TOKENIZER_FILES = {".txt": "vocab.txt", ".model": "spiece.model"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,39 +34,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--t5-norm", choices=("rms_norm", "layer_norm"),
                         help="T5 norm spelling of a TF export (default: rms_norm when gated, as T5 1.1 / mT5 / "
                              "T5 PEGASUS; layer_norm otherwise, as T5 1.0)")
-
-
-def detect(path: Path) -> str:
-    """The format of an existing source path, or a UserError saying what was expected."""
-    from t5pegasus.convert.tf_checkpoint import is_tf_checkpoint
-    from t5pegasus.training.run_folder import RunFolder
-
-    if is_tf_checkpoint(path):  # before hf: the T5 PEGASUS release has a config.json beside its checkpoint
-        return "tf"
-    if not path.exists():
-        raise UserError(f"{path} does not exist")
-    if RunFolder.holds_run(path):
-        return "run"
-    if (path / "config.json").is_file():
-        return "hf"
-    if (path / "latest_checkpointed_iteration.txt").exists() or any(path.glob("**/mp_rank_*_model_states.pt")):
-        return "megatron"
-    raise UserError(f"cannot tell the format of {path}; give it with --from ({', '.join(FORMATS)})")
-
-
-def _tokenizer_files(args: argparse.Namespace, src: Path, src_format: str) -> dict[str, Path]:
-    path = args.tokenizer
-    if path is None and src_format == "run" and (src / "tokenizer.txt").is_file():
-        path = (src / "tokenizer.txt").read_text(encoding="utf-8").strip() or None
-    if path is None:
-        return {}
-    path = Path(path)
-    name = TOKENIZER_FILES.get(path.suffix)
-    if name is None or not path.is_file():
-        if args.tokenizer is None:
-            return {}  # a run whose tokenizer is not a single vocab/model file: nothing to ship
-        raise UserError(f"--tokenizer {path}: expected an existing vocab.txt or sentencepiece .model file")
-    return {name: path}
 
 
 def _read(args: argparse.Namespace, src: Path, src_format: str) -> tuple[Any, Any]:
@@ -98,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"SRC and DST are both {src_format}; nothing to convert")
     if dst.exists() and not args.force:
         raise UserError(f"{dst} exists; choose another destination or pass --force to replace it")
-    extra = _tokenizer_files(args, src, src_format) if args.dst_format in ("hf", "tf") else {}
+    extra = tokenizer_files(src, src_format, args.tokenizer) if args.dst_format in ("hf", "tf") else {}
     cfg, params = _read(args, src, src_format)
     if args.dst_format == "hf":
         from t5pegasus.convert.hf_export import save_hf

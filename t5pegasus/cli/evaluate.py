@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from t5pegasus.finetune.options import add_decoding_args, add_model_args
+from t5pegasus.cli.options import add_decoding_args, add_model_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -38,9 +38,9 @@ def _table(metrics: dict[str, float], title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from t5pegasus.cli.options import open_predictor
     from t5pegasus.finetune.data import read_pairs
     from t5pegasus.finetune.metrics import score
-    from t5pegasus.finetune.options import open_predictor
 
     pairs = read_pairs(args.data)
     if args.limit:
