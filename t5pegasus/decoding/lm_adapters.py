@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from t5pegasus.config import BertConfig, GPTConfig
-from t5pegasus.decoding.adapters import Start, reorder_kv_cache, repeat_rows
+from t5pegasus.decoding.adapters import CachedDecoding, Start, input_ids, repeat_rows
 from t5pegasus.errors import UserError
 
 
@@ -26,31 +26,13 @@ def left_align(ids: Array, mask: Array) -> tuple[Array, Array, Array]:
     return ids, mask, positions
 
 
-def _prompt(inputs: dict[str, Array], ids_key: str, mask_key: str, default_mask: Any) -> tuple[Array, Array]:
-    if ids_key not in inputs:
-        raise UserError(f"decoding needs inputs[{ids_key!r}]; got keys {sorted(inputs)}")
-    ids = jnp.asarray(inputs[ids_key], jnp.int32)
-    if ids.ndim != 2:
-        raise UserError(f"{ids_key} must be [batch, length], got shape {ids.shape}")
-    mask = inputs.get(mask_key)
-    return ids, default_mask(ids) if mask is None else jnp.asarray(mask, jnp.bool_)
-
-
 @dataclasses.dataclass(frozen=True)
-class GPTDecoding:
+class GPTDecoding(CachedDecoding):
     """GPT-2 / CPM-LM: continue `inputs["prompt_ids"]` (`prompt_mask` marks real tokens; default all real,
     since GPT-2's pad id is an ordinary token) until `eos_token_id`. Positions follow the real tokens, so
     padding changes nothing (as HF with left padding and position ids)."""
 
     cfg: GPTConfig
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.cfg.eos_token_id
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.cfg.pad_token_id
 
     def _apply(self, params: Any, cache: Any, ids: Array, mask: Array | None, positions: Array) -> tuple:
         from t5pegasus.models.gpt import GPT
@@ -62,7 +44,7 @@ class GPTDecoding:
     def start(self, params: Any, inputs: dict[str, Array], copies: int, max_new_tokens: int) -> Start:
         from t5pegasus.models.gpt import GPT, init_cache
 
-        ids, mask = _prompt(inputs, "prompt_ids", "prompt_mask", lambda x: jnp.ones(x.shape, jnp.bool_))
+        ids, mask = input_ids(inputs, "prompt_ids", "prompt_mask", lambda x: jnp.ones(x.shape, jnp.bool_), "GPT")
         ids, mask, positions = left_align(ids, mask)
         ids, mask, positions = (repeat_rows(x, copies) for x in (ids, mask, positions))
         rows, p = ids.shape
@@ -75,12 +57,9 @@ class GPTDecoding:
         logits, cache = self._apply(params, state["cache"], ids, None, state["position"][:, None])
         return logits[:, -1], {"cache": cache, "position": state["position"] + 1}
 
-    def reorder(self, state: Any, index: Array) -> Any:
-        return {**state, "cache": reorder_kv_cache(state["cache"], index)}
-
 
 @dataclasses.dataclass(frozen=True)
-class UniLMDecoding:
+class UniLMDecoding(CachedDecoding):
     """UniLM (BERT, `attention="unilm"`, with the MLM head): `inputs["source_ids"]` is `[CLS] source [SEP]`
     (segment 0; `source_mask` defaults to ids != pad); the target (segment 1) is generated after it until
     `sep_token_id`, the first token predicted at the source's [SEP], as bert4keras' seq2seq decoding does."""
@@ -95,10 +74,6 @@ class UniLMDecoding:
     def eos_token_id(self) -> int:
         return self.cfg.sep_token_id
 
-    @property
-    def pad_token_id(self) -> int:
-        return self.cfg.pad_token_id
-
     def _apply(self, params: Any, cache: Any, ids: Array, segments: Array, mask: Array, positions: Array) -> tuple:
         from t5pegasus.models.bert import Bert
 
@@ -109,7 +84,7 @@ class UniLMDecoding:
     def start(self, params: Any, inputs: dict[str, Array], copies: int, max_new_tokens: int) -> Start:
         from t5pegasus.models.bert import Bert, init_cache
 
-        ids, mask = _prompt(inputs, "source_ids", "source_mask", lambda x: x != self.cfg.pad_token_id)
+        ids, mask = input_ids(inputs, "source_ids", "source_mask", lambda x: x != self.cfg.pad_token_id, "UniLM")
         ids, mask, positions = left_align(ids, mask)
         ids, mask, positions = (repeat_rows(x, copies) for x in (ids, mask, positions))
         rows, p = ids.shape
@@ -127,6 +102,3 @@ class UniLMDecoding:
                                     col(state["position"]))
         return logits[:, -1], {"cache": cache, "position": state["position"] + 1,
                                "segment": jnp.ones_like(state["segment"])}
-
-    def reorder(self, state: Any, index: Array) -> Any:
-        return {**state, "cache": reorder_kv_cache(state["cache"], index)}
