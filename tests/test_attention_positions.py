@@ -1,5 +1,8 @@
 """Position encodings against direct float64 implementations of their formulas: RoPE (both layouts),
-(Leaky) ReRoPE prefill and cached decoding, the hierarchical table and learned absolute positions."""
+(Leaky) ReRoPE prefill and cached decoding, the hierarchical table and learned absolute positions. ReRoPE
+attention is composed as the models compose it (`MultiHeadAttention._rerope`): `rerope_scores` (prefill) or
+`rerope_decode_scores` (one cached step), then `attention_from_scores`; learned positions are the models'
+`PositionEmbed` table lookup."""
 
 import jax
 import jax.numpy as jnp
@@ -7,22 +10,33 @@ import numpy as np
 import pytest
 
 from t5pegasus.attention import (
-    add_learned_positions,
     apply_rope,
+    attention_from_scores,
     attention_scores,
     causal_mask,
     einsum_attention,
     hierarchical_rows,
     hierarchical_table,
     layout_permutation,
-    learned_positions,
-    rerope_attention,
-    rerope_decode_attention,
+    rerope_decode_scores,
     rerope_relative,
     rerope_scores,
 )
+from t5pegasus.models.layers import PositionEmbed
 
 B, N, H, D = 2, 24, 2, 8
+
+
+def rerope_attention(q, k, v, window, leaky=None, *, mask=None, symmetric=False, **positions):
+    """Prefill attention with (Leaky) ReRoPE on un-rotated q, k, as the models compute it."""
+    scores = rerope_scores(q, k, window, leaky, symmetric=symmetric, **positions)
+    return attention_from_scores(scores, v, None, mask, dtype=q.dtype)
+
+
+def rerope_decode_attention(q, k_cache, v_cache, position, window, leaky=None, *, mask=None, key_positions=None):
+    """One cached ReRoPE step (un-rotated cached keys) as the models compute it; mask marks filled slots."""
+    scores = rerope_decode_scores(q, k_cache, position, window, leaky, key_positions=key_positions)
+    return attention_from_scores(scores, v_cache, None, mask, dtype=q.dtype)
 
 
 def _qkv(seed=0, n=N):
@@ -195,12 +209,15 @@ def test_hierarchical_table_is_exact_below_n_and_follows_formula_beyond():
 
 def test_learned_positions_slice_and_offset():
     table = jnp.arange(30.0).reshape(10, 3)
-    np.testing.assert_array_equal(learned_positions(table, 4, offset=2), table[2:6])
+    embed = PositionEmbed(10, 3)
+
+    def rows(positions):
+        return embed.apply({"params": {"embedding": table}}, positions)
+
+    np.testing.assert_array_equal(rows(2 + jnp.arange(4)), table[2:6])  # offset 2 (a cache index)
     x = jnp.ones((2, 3, 3))
-    np.testing.assert_array_equal(add_learned_positions(x, table), 1 + table[None, :3].repeat(2, 0))
-    with pytest.raises(ValueError, match="exceeds the 10-row position table"):
-        learned_positions(table, 11)
-    assert np.isnan(np.asarray(learned_positions(table, 2, offset=9))[1]).all()
+    np.testing.assert_array_equal(x + rows(jnp.arange(3)[None]), 1 + table[None, :3].repeat(2, 0))
+    assert np.isnan(np.asarray(rows(9 + jnp.arange(2)))[1]).all()  # past the table: NaN, not the last row
 
 
 def test_position_gradients_are_finite():

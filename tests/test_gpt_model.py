@@ -7,7 +7,7 @@ import pytest
 
 import t5pegasus as tp
 from t5pegasus.models import gpt
-from t5pegasus.models.objectives import lm_loss
+from t5pegasus.training.objectives import make_objective
 
 
 def analytic_gpt_params(c: tp.GPTConfig) -> int:
@@ -58,8 +58,18 @@ def test_lm_loss_is_next_token_cross_entropy():
     ids = jnp.asarray(np.random.default_rng(1).integers(2, cfg.vocab_size, (2, 8)), jnp.int32)
     mask = jnp.ones((2, 8), bool).at[1, 6:].set(False)
     params = jax.jit(model.init)(jax.random.key(0), ids)["params"]
-    batch = {"ids": ids, "mask": mask}
-    (loss, metrics), grads = jax.jit(jax.value_and_grad(lambda p: lm_loss(p, batch, model), has_aux=True))(params)
+    # The pipeline's format: targets are the ids shifted by one, weighted where both tokens are real. The
+    # objective runs the model without the mask: causal attention keeps padding after a position out of it.
+    targets = jnp.pad(ids[:, 1:], ((0, 0), (0, 1)))
+    weights = jnp.pad(mask[:, 1:] & mask[:, :-1], ((0, 0), (0, 1))).astype(jnp.int32)
+    batch = {"ids": ids, "targets": targets, "weights": weights}
+    objective = make_objective("lm", cfg)
+
+    def lm_loss(p):
+        sums = objective.loss(p, batch, deterministic=True)
+        return sums.loss / jnp.maximum(sums.weight, 1.0), {"tokens": sums.weight}
+
+    (loss, metrics), grads = jax.jit(jax.value_and_grad(lm_loss, has_aux=True))(params)
     logits = np.asarray(jax.jit(model.apply)({"params": params}, ids, mask), np.float64)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     picked = [-logp[b, i, int(ids[b, i + 1])] for b in range(2) for i in range(7) if mask[b, i + 1]]

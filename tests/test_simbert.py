@@ -1,4 +1,5 @@
-"""SimBERT / UniLM losses: what they compute, that they point the right way, finite gradients."""
+"""SimBERT / UniLM losses of the training stack: what they compute, that they point the right way, finite
+gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,13 @@ import numpy as np
 import pytest
 
 import t5pegasus as tp
-from t5pegasus.models.objectives import simbert_batch, simbert_loss, similarity_loss, unilm_loss
+from t5pegasus.training.objectives import make_objective
+from t5pegasus.training.simbert import sentence_vectors, simbert_batch, simbert_loss, similarity_loss
+
+
+def mean_loss(sums):
+    """What the trainer reports for a batch's TokenSums: the loss sum over the token weight."""
+    return sums.loss / jnp.maximum(sums.weight, 1.0)
 
 
 def test_similarity_loss_formula():
@@ -42,6 +49,12 @@ def test_simbert_batch_layout():
     assert batch["segment_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1, 0],
                                              [0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1]]
     assert batch["mask"].sum(1).tolist() == [6, 6, 7, 7]
+    # The unilm objective's fields, as the data pipeline writes them: the next token, weighted where it is
+    # second-segment text.
+    assert batch["targets"].tolist() == [[5, 6, 3, 7, 3, 0, 0], [7, 3, 5, 6, 3, 0, 0],
+                                         [8, 3, 9, 10, 11, 3, 0], [9, 10, 11, 3, 8, 3, 0]]
+    assert batch["weights"].tolist() == [[0, 0, 0, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0, 0],
+                                         [0, 0, 1, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1, 0]]
 
 
 def test_simbert_loss_gradient_and_direction():
@@ -51,14 +64,21 @@ def test_simbert_loss_gradient_and_direction():
     pairs = [(list(rng.integers(5, 100, 4)), list(rng.integers(5, 100, 3))) for _ in range(3)]
     batch = {k: jnp.asarray(v) for k, v in simbert_batch(pairs, 2, 3, 0).items()}
     params = tp.models.unbox(jax.jit(model.init)(jax.random.key(0), batch["ids"], batch["segment_ids"])["params"])
-    value_and_grad = jax.jit(jax.value_and_grad(lambda p: simbert_loss(p, batch, model), has_aux=True))
+
+    def loss_fn(p):
+        out = model.apply({"params": p}, batch["ids"], batch["segment_ids"], batch["mask"])
+        sums, metrics = simbert_loss(out.logits, sentence_vectors(out), batch["targets"], batch["weights"])
+        return mean_loss(sums), {**metrics, "tokens": sums.weight}
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
     (loss, metrics), grads = value_and_grad(params)
     leaves = jax.tree_util.tree_leaves(grads)
     assert all(bool(jnp.isfinite(g).all()) for g in leaves) and any(bool(jnp.any(g != 0)) for g in leaves)
     np.testing.assert_allclose(float(loss), float(metrics["seq2seq_loss"] + metrics["similarity_loss"]), rtol=1e-6)
     # The seq2seq part is exactly the UniLM loss, counted on the second segment's tokens only.
     assert int(metrics["tokens"]) == int(batch["segment_ids"].sum())
-    np.testing.assert_allclose(float(metrics["seq2seq_loss"]), float(unilm_loss(params, batch, model)[0]), rtol=1e-6)
+    unilm = make_objective("unilm", cfg).loss(params, batch, deterministic=True)
+    np.testing.assert_allclose(float(metrics["seq2seq_loss"]), float(mean_loss(unilm)), rtol=1e-6)
     # A few gradient steps lower both parts: the gradient points the right way.
     p = params
     for _ in range(5):
@@ -75,16 +95,21 @@ def test_unilm_loss_counts_target_positions_only():
     ids = jnp.asarray([[2, 11, 12, 3, 21, 22, 3, 0], [2, 13, 3, 23, 3, 0, 0, 0]], jnp.int32)
     seg = jnp.asarray([[0, 0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 1, 1, 0, 0, 0]], jnp.int32)
     params = jax.jit(model.init)(jax.random.key(0), ids, seg)["params"]
-    loss, metrics = unilm_loss(params, {"ids": ids, "segment_ids": seg}, model)
+    # The pipeline's format: position i predicts token i+1, weighted where token i+1 is target text.
+    targets = jnp.pad(ids[:, 1:], ((0, 0), (0, 1)))
+    weights = jnp.pad(seg[:, 1:], ((0, 0), (0, 1)))
+    unilm = make_objective("unilm", cfg)
+    sums = unilm.loss(params, {"ids": ids, "segment_ids": seg, "targets": targets, "weights": weights},
+                      deterministic=True)
     logits = np.asarray(jax.jit(model.apply)({"params": params}, ids, seg).logits, np.float64)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     # position i predicts token i+1 when i+1 is target text: row 0 predicts 21, 22, [SEP]; row 1 23, [SEP]
     picked = [logp[0, 3, 21], logp[0, 4, 22], logp[0, 5, 3], logp[1, 2, 23], logp[1, 3, 3]]
-    assert int(metrics["tokens"]) == 5
-    np.testing.assert_allclose(float(loss), -np.mean(picked), rtol=1e-5)
-    # The pipeline's format (explicit targets/weights) gives the same loss.
-    targets = jnp.pad(ids[:, 1:], ((0, 0), (0, 1)))
-    weights = jnp.pad(seg[:, 1:], ((0, 0), (0, 1)))
-    np.testing.assert_allclose(
-        float(unilm_loss(params, {"ids": ids, "segment_ids": seg, "targets": targets, "weights": weights}, model)[0]),
-        float(loss), rtol=1e-6)
+    assert int(sums.weight) == 5
+    np.testing.assert_allclose(float(mean_loss(sums)), -np.mean(picked), rtol=1e-5)
+    # Weights that also exclude padding explicitly (a `mask`) give the same loss: padding is segment 0.
+    valid = ids != cfg.pad_token_id
+    masked = jnp.pad((seg[:, 1:] > 0) & valid[:, 1:], ((0, 0), (0, 1))).astype(jnp.int32)
+    again = unilm.loss(params, {"ids": ids, "segment_ids": seg, "targets": targets, "weights": masked},
+                       deterministic=True)
+    np.testing.assert_allclose(float(mean_loss(again)), float(mean_loss(sums)), rtol=1e-6)

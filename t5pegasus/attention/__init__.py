@@ -11,7 +11,6 @@ from t5pegasus.attention.dot_product import (
 )
 from t5pegasus.attention.hierarchical import hierarchical_rows, hierarchical_table
 from t5pegasus.attention.kernels import BACKENDS, resolve_backend
-from t5pegasus.attention.learned import add_learned_positions, learned_positions
 from t5pegasus.attention.linear import elu_feature_map, feature_attention, linear_attention
 from t5pegasus.attention.masks import (
     causal_mask,
@@ -26,8 +25,6 @@ from t5pegasus.attention.performer import favor_features, orthogonal_random_feat
 from t5pegasus.attention.position import relative_position_bucket, relative_positions
 from t5pegasus.attention.realformer import residual_attention
 from t5pegasus.attention.rerope import (
-    rerope_attention,
-    rerope_decode_attention,
     rerope_decode_scores,
     rerope_relative,
     rerope_scores,
@@ -36,7 +33,6 @@ from t5pegasus.attention.rope import apply_rope, layout_permutation, rope_angles
 
 __all__ = [
     "BACKENDS",
-    "add_learned_positions",
     "apply_rope",
     "attention_from_scores",
     "attention_scores",
@@ -51,7 +47,6 @@ __all__ = [
     "hierarchical_table",
     "key_padding_mask",
     "layout_permutation",
-    "learned_positions",
     "linear_attention",
     "mask_value",
     "masked_softmax",
@@ -64,8 +59,6 @@ __all__ = [
     "performer_attention",
     "relative_position_bucket",
     "relative_positions",
-    "rerope_attention",
-    "rerope_decode_attention",
     "rerope_decode_scores",
     "rerope_relative",
     "rerope_scores",

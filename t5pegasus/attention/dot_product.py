@@ -59,16 +59,10 @@ def attention_from_scores(
     return out.astype(v.dtype if dtype is None else dtype)
 
 
-def einsum_attention(
-    q: Array,
-    k: Array,
-    v: Array,
-    bias: Array | None = None,
-    mask: Array | None = None,
-    scale: float | None = None,
-    is_causal: bool = False,
-) -> Array:
-    """The reference path: explicit scores, masked float32 softmax, weighted sum of v."""
+def einsum_attention(q: Array, k: Array, v: Array, bias: Array | None = None, mask: Array | None = None,
+                     scale: float | None = None, is_causal: bool = False) -> Array:
+    """The reference path (the `einsum` backend, with the fused backends' signature in kernels.py): explicit
+    scores, masked float32 softmax, weighted sum of v. Arguments as `dot_product_attention`'s."""
     if is_causal:
         mask = combine(mask, causal_mask(q.shape[1], k.shape[1]))
     return attention_from_scores(attention_scores(q, k, scale), v, bias, mask, dtype=q.dtype)

@@ -13,6 +13,8 @@ the target keys; exact for the UniLM layout (segment ids non-decreasing over the
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from jax import Array
@@ -148,19 +150,8 @@ def feature_attention(
     return _normalise(*_causal_parts(phi_q, phi_k, v, chunk_size))
 
 
-def linear_attention(
-    q: Array,
-    k: Array,
-    v: Array,
-    causal: bool = False,
-    key_valid: Array | None = None,
-    chunk_size: int = 128,
-    *,
-    segment_ids: Array | None = None,
-    query_offset: Array | int | None = None,
-) -> Array:
-    """elu+1 linear attention; q [b, n, h, d], k/v [b, s, h, d], key_valid [b, s] -> [b, n, h, d].
-    `segment_ids` / `query_offset`: the UniLM seq2seq mask, see `feature_attention`."""
-    out = feature_attention(elu_feature_map(q), elu_feature_map(k), v, causal, key_valid, chunk_size,
-                            segment_ids=segment_ids, query_offset=query_offset)
-    return out.astype(q.dtype)
+def linear_attention(q: Array, k: Array, v: Array, *args: Any, **kwargs: Any) -> Array:
+    """elu+1 linear attention; q [b, n, h, d], k/v [b, s, h, d] -> [b, n, h, d] in q's dtype: `feature_attention`
+    of the elu+1 features, which takes the other arguments (causal, key_valid [b, s], chunk_size, and the
+    UniLM seq2seq mask's segment_ids / query_offset)."""
+    return feature_attention(elu_feature_map(q), elu_feature_map(k), v, *args, **kwargs).astype(q.dtype)

@@ -7,7 +7,8 @@ With rel = i - j (query minus key position) and window w:
 Inside the window the scores equal RoPE's exactly. A RoPE score depends only on the relative position, so
 the clipped part is one more RoPE score with shifted positions: prefill computes two score matrices (three
 when symmetric) and picks per (i, j). Decoding stores un-rotated keys in the cache and rotates each cached
-key by its own clipped relative position (`rerope_decode_*`), which agrees with prefill row by row.
+key by its own clipped relative position (`rerope_decode_scores`), which agrees with prefill row by row.
+Both give scores; `attention_from_scores(scores, v, bias, mask)` finishes the attention (as the models do).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import Array
 
-from t5pegasus.attention.dot_product import attention_from_scores, attention_scores
+from t5pegasus.attention.dot_product import attention_scores
 from t5pegasus.attention.rope import Layout, apply_rope, rope_angles, rotate
 
 
@@ -69,29 +70,6 @@ def rerope_scores(
     return scores
 
 
-def rerope_attention(
-    q: Array,
-    k: Array,
-    v: Array,
-    window: int,
-    leaky: float | None = None,
-    bias: Array | None = None,
-    mask: Array | None = None,
-    scale: float | None = None,
-    q_offset: Array | int = 0,
-    layout: Layout = "interleaved",
-    base: float = 10000.0,
-    symmetric: bool = False,
-    *,
-    q_positions: Array | None = None,
-    k_positions: Array | None = None,
-) -> Array:
-    """Prefill attention with (Leaky) ReRoPE; q, k un-rotated [b, l, h, d]; returns [b, q, h, d]."""
-    scores = rerope_scores(q, k, window, leaky, scale, q_offset, layout, base, symmetric,
-                           q_positions=q_positions, k_positions=k_positions)
-    return attention_from_scores(scores, v, bias, mask, dtype=q.dtype)
-
-
 def rerope_decode_scores(
     q: Array,
     k_cache: Array,
@@ -117,25 +95,3 @@ def rerope_decode_scores(
     # <R(a) q, R(b) k> = <q, R(b - a) k>: rotate key j by -r_j and leave the query alone.
     keys = rotate(k_cache, rope_angles(-r, k_cache.shape[-1], base)[:, :, None, :], layout)
     return attention_scores(q, keys, scale)
-
-
-def rerope_decode_attention(
-    q: Array,
-    k_cache: Array,
-    v_cache: Array,
-    position: Array | int,
-    window: int,
-    leaky: float | None = None,
-    bias: Array | None = None,
-    mask: Array | None = None,
-    scale: float | None = None,
-    layout: Layout = "interleaved",
-    base: float = 10000.0,
-    symmetric: bool = False,
-    *,
-    key_positions: Array | None = None,
-) -> Array:
-    """One decoding step with (Leaky) ReRoPE; mask [b, 1, 1, n] marks the filled cache slots."""
-    scores = rerope_decode_scores(q, k_cache, position, window, leaky, scale, layout, base, symmetric,
-                                  key_positions=key_positions)
-    return attention_from_scores(scores, v_cache, bias, mask, dtype=q.dtype)

@@ -14,6 +14,7 @@ import numpy as np
 
 from t5pegasus.convert.checkpoint_files import TensorSource
 from t5pegasus.convert.formats import HFFormat
+from t5pegasus.convert.name_map import lookup
 from t5pegasus.errors import UserError
 from t5pegasus.families import BertConfig
 
@@ -23,14 +24,12 @@ _ACT_TO_HF = {"gelu-erf": "gelu", "gelu": "gelu_new", "relu": "relu", "silu": "s
 
 
 def _prefix(tensors: TensorSource) -> str:
-    return "bert." if tensors.has("bert.embeddings.word_embeddings.weight") else ""
+    return tensors.prefix("bert.", "embeddings.word_embeddings.weight")
 
 
 def config_from_hf(hf: dict[str, Any], tensors: TensorSource) -> BertConfig:
     """Our BertConfig from a HF BERT config.json dict; pooler / MLM head presence is read from the tensors."""
-    act = hf.get("hidden_act", "gelu")
-    if act not in _ACT:
-        raise UserError(f"BERT hidden_act {act!r} is not supported; known: {', '.join(sorted(_ACT))}")
+    act = lookup(_ACT, hf.get("hidden_act", "gelu"), "BERT hidden_act")
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise UserError(f"BERT position_embedding_type {hf['position_embedding_type']!r} is not supported")
     hidden, heads = hf["hidden_size"], hf["num_attention_heads"]
@@ -39,7 +38,7 @@ def config_from_hf(hf: dict[str, Any], tensors: TensorSource) -> BertConfig:
         vocab_size=hf["vocab_size"], hidden_size=hidden, num_layers=hf["num_hidden_layers"], num_heads=heads,
         head_dim=hidden // heads, intermediate_size=hf["intermediate_size"],
         max_position_embeddings=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
-        hidden_act=_ACT[act], layer_norm_epsilon=hf.get("layer_norm_eps", 1e-12),
+        hidden_act=act, layer_norm_epsilon=hf.get("layer_norm_eps", 1e-12),
         dropout_rate=hf.get("hidden_dropout_prob", 0.1), initializer_range=hf.get("initializer_range", 0.02),
         with_pooler=tensors.has(f"{p}pooler.dense.weight"),
         with_mlm=tensors.has("cls.predictions.transform.dense.weight"),

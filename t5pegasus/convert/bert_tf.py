@@ -24,9 +24,9 @@ import numpy as np
 
 from t5pegasus.convert.bert_hf import _ACT as ACT_FROM_NAME
 from t5pegasus.convert.bert_hf import _ACT_TO_HF as ACT_TO_NAME
-from t5pegasus.convert.checkpoint_files import TensorSource, read_json
+from t5pegasus.convert.checkpoint_files import TensorSource, config_fields, read_native_config
 from t5pegasus.convert.formats import TFFormat
-from t5pegasus.convert.name_map import Entry, constant, reshaped, same
+from t5pegasus.convert.name_map import Entry, constant, lookup, reshaped, same
 from t5pegasus.errors import UserError
 from t5pegasus.families import BertConfig
 
@@ -98,28 +98,20 @@ def native_config(cfg: BertConfig) -> dict[str, dict[str, Any]]:
 
 def config_from_native(folder: Path, tensors: TensorSource) -> BertConfig:
     """Our BertConfig from `bert_config.json`; pooler and MLM head presence are read from the tensors."""
-    path = folder / NATIVE_CONFIG
-    if not path.is_file():
-        raise UserError(f"{folder}: {NATIVE_CONFIG} is missing; a BERT checkpoint needs it beside (or give our "
-                        "t5pegasus_config.json)")
-    hf = read_json(path)
-    act = hf.get("hidden_act", "gelu")
-    if act not in ACT_FROM_NAME:
-        raise UserError(f"{path}: hidden_act {act!r} is not supported; known: {', '.join(sorted(ACT_FROM_NAME))}")
-    try:
+    path, hf = read_native_config(folder, NATIVE_CONFIG, "BERT")
+    act = lookup(ACT_FROM_NAME, hf.get("hidden_act", "gelu"), f"{path}: hidden_act")
+    with config_fields(path):
         hidden, heads = hf["hidden_size"], hf["num_attention_heads"]
         return BertConfig(
             vocab_size=hf["vocab_size"], hidden_size=hidden, num_layers=hf["num_hidden_layers"], num_heads=heads,
             head_dim=hidden // heads, intermediate_size=hf["intermediate_size"],
             max_position_embeddings=hf.get("max_position_embeddings", 512),
-            type_vocab_size=hf.get("type_vocab_size", 2), hidden_act=ACT_FROM_NAME[act],
+            type_vocab_size=hf.get("type_vocab_size", 2), hidden_act=act,
             layer_norm_epsilon=hf.get("layer_norm_eps", 1e-12), dropout_rate=hf.get("hidden_dropout_prob", 0.1),
             initializer_range=hf.get("initializer_range", 0.02),
             with_pooler=tensors.has("bert/pooler/dense/kernel"),
             with_mlm=tensors.has("cls/predictions/transform/dense/kernel"),
         )
-    except KeyError as e:
-        raise UserError(f"{path}: field {e.args[0]!r} is missing") from None
 
 
 FORMAT = TFFormat("BERT (Google)", ROOT, lambda cfg, t5_norm=None: entries(cfg), check_exportable, native_config,

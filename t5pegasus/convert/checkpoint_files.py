@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,26 @@ def read_json(path: Path) -> dict:
         raise UserError(f"{path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON: {e}") from None
+
+
+def read_native_config(folder: Path, name: str, kind: str) -> tuple[Path, dict]:
+    """(path, contents) of the config file `name` a `kind` checkpoint keeps beside its tensors (a TF
+    checkpoint's `bert_config.json`, `hparams.json`); a missing one is a UserError."""
+    path = folder / name
+    if not path.is_file():
+        raise UserError(f"{folder}: {name} is missing; a {kind} checkpoint needs it beside (or give our "
+                        "t5pegasus_config.json)")
+    return path, read_json(path)
+
+
+@contextlib.contextmanager
+def config_fields(path: Path, hint: str = "") -> Iterator[None]:
+    """Reading fields of the config file at `path`: a KeyError becomes a UserError naming the missing field,
+    followed by `hint`."""
+    try:
+        yield
+    except KeyError as e:
+        raise UserError(f"{path}: field {e.args[0]!r} is missing{hint}") from None
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -70,6 +92,11 @@ class TensorSource:
 
     def has(self, name: str) -> bool:
         return name in self.tensors
+
+    def prefix(self, prefix: str, name: str) -> str:
+        """`prefix` when the tensors hold `prefix + name` (task models prefix their base model's names, e.g.
+        `bert.`, `transformer.`), else the empty string."""
+        return prefix if self.has(prefix + name) else ""
 
     def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """The tensor `name`, which must have `shape`; a missing or mis-shaped tensor is a clear UserError."""

@@ -16,11 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from t5pegasus.convert.checkpoint_files import TensorSource, read_json
+from t5pegasus.convert import gpt2_names
+from t5pegasus.convert.checkpoint_files import TensorSource, config_fields, read_native_config
 from t5pegasus.convert.formats import TFFormat
-from t5pegasus.convert.name_map import Entry, reshaped, same
+from t5pegasus.convert.name_map import Entry
 from t5pegasus.errors import UserError
 from t5pegasus.families import GPTConfig
 
@@ -28,46 +27,9 @@ ROOT = "model/wte"
 NATIVE_CONFIG = "hparams.json"
 
 
-def _fused_qkv(name: str, d: int, h: int, hd: int, path: str) -> Entry:
-    """`c_attn/w` [1, d, 3*h*hd] from our query, key, value kernels [d, h, hd]."""
-    width = h * hd
-    paths = tuple(f"{path}/{n}/kernel" for n in ("query", "key", "value"))
-    return Entry(name, (1, d, 3 * width), paths, ((d, h, hd),) * 3,
-                 lambda q, k, v: np.concatenate([x.reshape(d, width) for x in (q, k, v)], axis=1)[None],
-                 lambda w: tuple(w[0, :, j * width:(j + 1) * width].reshape(d, h, hd) for j in range(3)))
-
-
-def _fused_qkv_bias(name: str, h: int, hd: int, path: str) -> Entry:
-    width = h * hd
-    paths = tuple(f"{path}/{n}/bias" for n in ("query", "key", "value"))
-    return Entry(name, (3 * width,), paths, ((h, hd),) * 3,
-                 lambda q, k, v: np.concatenate([x.reshape(width) for x in (q, k, v)]),
-                 lambda b: tuple(b[j * width:(j + 1) * width].reshape(h, hd) for j in range(3)))
-
-
 def entries(cfg: GPTConfig) -> list[Entry]:
     """The OpenAI GPT-2 names of a GPT model."""
-    d, h, hd, ff = cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.intermediate_size
-
-    def norm(name: str, path: str) -> list[Entry]:
-        return [same(f"{name}/g", f"{path}/scale", (d,)), same(f"{name}/b", f"{path}/bias", (d,))]
-
-    def conv(name: str, path: str, n_in: int, n_out: int, our_in: tuple[int, ...] | None = None) -> list[Entry]:
-        return [reshaped(f"{name}/w", (1, n_in, n_out), f"{path}/kernel", our_in or (n_in, n_out)),
-                same(f"{name}/b", f"{path}/bias", (n_out,))]
-
-    out = [same(ROOT, "token_embeddings/embedding", (cfg.vocab_size, d)),
-           same("model/wpe", "position_embeddings/embedding", (cfg.max_position_embeddings, d))]
-    for i in range(cfg.num_layers):
-        name, path = f"model/h{i}", f"layers_{i}"
-        out += [*norm(f"{name}/ln_1", f"{path}/attention_norm"),
-                _fused_qkv(f"{name}/attn/c_attn/w", d, h, hd, f"{path}/attention"),
-                _fused_qkv_bias(f"{name}/attn/c_attn/b", h, hd, f"{path}/attention"),
-                *conv(f"{name}/attn/c_proj", f"{path}/attention/out", h * hd, d, (h, hd, d)),
-                *norm(f"{name}/ln_2", f"{path}/mlp_norm"),
-                *conv(f"{name}/mlp/c_fc", f"{path}/mlp/wi", d, ff),
-                *conv(f"{name}/mlp/c_proj", f"{path}/mlp/wo", ff, d)]
-    return [*out, *norm("model/ln_f", "final_norm")]
+    return gpt2_names.entries(cfg, "openai")
 
 
 def check_exportable(cfg: GPTConfig) -> None:
@@ -85,20 +47,13 @@ def native_config(cfg: GPTConfig) -> dict[str, dict[str, Any]]:
 
 def config_from_native(folder: Path, tensors: TensorSource) -> GPTConfig:
     """Our GPTConfig from OpenAI's `hparams.json` and its fixed choices (see the module doc)."""
-    path = folder / NATIVE_CONFIG
-    if not path.is_file():
-        raise UserError(f"{folder}: {NATIVE_CONFIG} is missing; a GPT-2 checkpoint needs it beside (or give our "
-                        "t5pegasus_config.json)")
-    hp = read_json(path)
-    try:
+    path, hp = read_native_config(folder, NATIVE_CONFIG, "GPT-2")
+    with config_fields(path, " (OpenAI hparams.json has n_vocab, n_ctx, n_embd, n_head, n_layer)"):
         d, heads, vocab = hp["n_embd"], hp["n_head"], hp["n_vocab"]
         return GPTConfig(vocab_size=vocab, hidden_size=d, num_layers=hp["n_layer"], num_heads=heads,
                          head_dim=d // heads, intermediate_size=4 * d, max_position_embeddings=hp["n_ctx"],
                          hidden_act="gelu", layer_norm_epsilon=1e-5, pad_token_id=0, bos_token_id=vocab - 1,
                          eos_token_id=vocab - 1)
-    except KeyError as e:
-        raise UserError(f"{path}: field {e.args[0]!r} is missing (OpenAI hparams.json has n_vocab, n_ctx, n_embd, "
-                        "n_head, n_layer)") from None
 
 
 FORMAT = TFFormat("GPT-2 (OpenAI)", ROOT, lambda cfg, t5_norm=None: entries(cfg), check_exportable, native_config,

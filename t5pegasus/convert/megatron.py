@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from t5pegasus import fileio
+from t5pegasus.convert import gpt2_names
 from t5pegasus.convert.checkpoint_files import TensorSource
+from t5pegasus.convert.name_map import from_foreign, to_foreign
 from t5pegasus.errors import UserError
 from t5pegasus.families import GPTConfig
 
@@ -136,62 +138,13 @@ def _shape(source: TensorSource, name: str, ndim: int) -> tuple[int, ...]:
 
 
 def params_from_megatron(cfg: GPTConfig, tensors: TensorSource) -> dict[str, Any]:
-    """Our (unscanned) GPT parameter tree from a merged Megatron GPT-2 state dict."""
-    d, h, hd, ff = cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.intermediate_size
-
-    def norm(prefix: str) -> dict[str, np.ndarray]:
-        return {"scale": tensors.take(f"{prefix}.weight", (d,)), "bias": tensors.take(f"{prefix}.bias", (d,))}
-
-    params: dict[str, Any] = {
-        "token_embeddings": {"embedding": tensors.take("word_embeddings.weight", (cfg.vocab_size, d))},
-        "position_embeddings": {"embedding": tensors.take("position_embeddings.weight",
-                                                          (cfg.max_position_embeddings, d))},
-        "final_norm": norm("transformer.final_layernorm"),
-    }
-    for i in range(cfg.num_layers):
-        p = f"transformer.layers.{i}"
-        w = tensors.take(f"{p}.attention.query_key_value.weight", (3 * h * hd, d))
-        b = tensors.take(f"{p}.attention.query_key_value.bias", (3 * h * hd,))
-        attention = {name: {"kernel": w[j * h * hd:(j + 1) * h * hd].T.reshape(d, h, hd),
-                            "bias": b[j * h * hd:(j + 1) * h * hd].reshape(h, hd)}
-                     for j, name in enumerate(("query", "key", "value"))}
-        attention["out"] = {"kernel": tensors.take(f"{p}.attention.dense.weight", (d, h * hd)).T.reshape(h, hd, d),
-                            "bias": tensors.take(f"{p}.attention.dense.bias", (d,))}
-        params[f"layers_{i}"] = {
-            "attention_norm": norm(f"{p}.input_layernorm"),
-            "attention": attention,
-            "mlp_norm": norm(f"{p}.post_attention_layernorm"),
-            "mlp": {"wi": {"kernel": tensors.take(f"{p}.mlp.dense_h_to_4h.weight", (ff, d)).T,
-                           "bias": tensors.take(f"{p}.mlp.dense_h_to_4h.bias", (ff,))},
-                    "wo": {"kernel": tensors.take(f"{p}.mlp.dense_4h_to_h.weight", (d, ff)).T,
-                           "bias": tensors.take(f"{p}.mlp.dense_4h_to_h.bias", (d,))}},
-        }
-    return params
+    """Our (unscanned) GPT parameter tree from a merged Megatron GPT-2 state dict (names: gpt2_names)."""
+    return from_foreign(gpt2_names.entries(cfg, "megatron"), tensors)
 
 
 def params_to_megatron(cfg: GPTConfig, params: dict[str, Any]) -> dict[str, np.ndarray]:
     """A full (unsharded) Megatron GPT-2 state dict, torch [out, in] layout, from our unscanned params."""
-    d = cfg.hidden_size
-    a = lambda x: np.asarray(x, np.float32)  # noqa: E731
-    out = {"word_embeddings.weight": a(params["token_embeddings"]["embedding"]),
-           "position_embeddings.weight": a(params["position_embeddings"]["embedding"]),
-           "transformer.final_layernorm.weight": a(params["final_norm"]["scale"]),
-           "transformer.final_layernorm.bias": a(params["final_norm"]["bias"])}
-    for i in range(cfg.num_layers):
-        layer, p = params[f"layers_{i}"], f"transformer.layers.{i}"
-        att = layer["attention"]
-        out[f"{p}.attention.query_key_value.weight"] = np.concatenate(
-            [a(att[n]["kernel"]).reshape(d, -1).T for n in ("query", "key", "value")], axis=0)
-        out[f"{p}.attention.query_key_value.bias"] = np.concatenate(
-            [a(att[n]["bias"]).reshape(-1) for n in ("query", "key", "value")])
-        out[f"{p}.attention.dense.weight"] = a(att["out"]["kernel"]).reshape(-1, d).T
-        out[f"{p}.attention.dense.bias"] = a(att["out"]["bias"])
-        for ours, theirs in (("attention_norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm")):
-            out[f"{p}.{theirs}.weight"], out[f"{p}.{theirs}.bias"] = a(layer[ours]["scale"]), a(layer[ours]["bias"])
-        for ours, theirs in (("wi", "dense_h_to_4h"), ("wo", "dense_4h_to_h")):
-            out[f"{p}.mlp.{theirs}.weight"] = a(layer["mlp"][ours]["kernel"]).T
-            out[f"{p}.mlp.{theirs}.bias"] = a(layer["mlp"][ours]["bias"])
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+    return to_foreign(gpt2_names.entries(cfg, "megatron"), params, "GPT params")
 
 
 def shard_files(path: str | os.PathLike) -> list[Path]:

@@ -8,6 +8,7 @@ read, and every shape is checked on both sides with an error that names the tens
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,9 +54,50 @@ def transposed(name: str, path: str, our_shape: Shape) -> Entry:
     return Entry(name, our_shape[::-1], (path,), (our_shape,), lambda x: x.T, lambda t: (t.T,))
 
 
+# How a foreign format stores a kernel: [in, out] (TF, HF Conv1D), [1, in, out] (a 1x1 convolution, OpenAI
+# GPT-2) or [out, in] (torch Linear); the value is the index of the output axis.
+KERNEL_LAYOUTS = {"in_out": 1, "conv": 2, "out_in": 0}
+
+
+def kernel(name: str, path: str, our_shape: Shape, in_axes: int = 1, layout: str = "in_out") -> Entry:
+    """A matrix stored in `layout` (see KERNEL_LAYOUTS) from our kernel whose first `in_axes` axes are its
+    input and the rest its output (e.g. [d, heads, kv] with in_axes=1, [heads, kv, d] with in_axes=2)."""
+    n_in, n_out = math.prod(our_shape[:in_axes]), math.prod(our_shape[in_axes:])
+    if layout == "out_in":
+        return Entry(name, (n_out, n_in), (path,), (our_shape,), lambda x: x.reshape(n_in, n_out).T,
+                     lambda t: (t.T.reshape(our_shape),))
+    return reshaped(name, (1, n_in, n_out) if layout == "conv" else (n_in, n_out), path, our_shape)
+
+
+def fused(name: str, axis: int, parts: list[Entry]) -> Entry:
+    """One foreign tensor holding the foreign tensors of `parts` concatenated along `axis` (GPT-2's fused
+    [q | k | v] projection); the parts' own names are not used."""
+    sizes = [p.shape[axis] for p in parts]
+    shape = (*parts[0].shape[:axis], sum(sizes), *parts[0].shape[axis + 1:])
+    ends = np.cumsum([len(p.ours) for p in parts])  # each part's parameters end here in `ours`
+
+    def to_foreign(*ours: np.ndarray) -> np.ndarray:
+        return np.concatenate([p.to_foreign(*ours[end - len(p.ours):end]) for p, end in zip(parts, ends, strict=True)],
+                              axis=axis)
+
+    def from_foreign(tensor: np.ndarray) -> tuple[np.ndarray, ...]:
+        pieces = np.split(tensor, np.cumsum(sizes)[:-1], axis=axis)
+        return tuple(v for p, piece in zip(parts, pieces, strict=True) for v in p.from_foreign(piece))
+
+    return Entry(name, shape, sum((p.ours for p in parts), ()), sum((p.our_shapes for p in parts), ()), to_foreign,
+                 from_foreign)
+
+
 def constant(name: str, value: np.ndarray) -> Entry:
     """A tensor the foreign layout needs but we have no parameter for: written as `value`, dropped on import."""
     return Entry(name, tuple(value.shape), (), (), lambda: value, lambda t: (), optional=True)
+
+
+def lookup(table: dict[str, str], value: str, what: str) -> str:
+    """`table[value]`: a foreign config name (an activation, ...) as ours, or a UserError naming `what`."""
+    if value not in table:
+        raise UserError(f"{what} {value!r} is not supported; known: {', '.join(sorted(table))}")
+    return table[value]
 
 
 def _get(tree: Any, path: str) -> Any:

@@ -65,6 +65,16 @@ def config_from_hf(hf: dict[str, Any], tensors: TensorSource) -> T5Config:
     )
 
 
+# Each stack's block: HF's `layer.{j}` in order, (our sublayer, HF module); our norm before it is `<ours>_norm`.
+_SUBLAYERS = {"encoder": (("attention", "SelfAttention"), ("mlp", "DenseReluDense")),
+              "decoder": (("self_attention", "SelfAttention"), ("cross_attention", "EncDecAttention"),
+                          ("mlp", "DenseReluDense"))}
+
+
+def _stacks(cfg: T5Config) -> tuple[tuple[str, int], ...]:
+    return ("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)
+
+
 def _first(value: Any) -> int:
     return int(value[0]) if isinstance(value, list) else int(value if value is not None else 1)
 
@@ -93,25 +103,15 @@ def params_from_hf(cfg: T5Config, tensors: TensorSource) -> dict[str, Any]:
         name = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
         return {"rel_embedding": tensors.take(name, (cfg.relative_buckets, h))}
 
-    encoder: dict[str, Any] = {"relpos_bias": relpos("encoder"),
-                               "final_norm": norm("encoder.final_layer_norm.weight")}
-    for i in range(cfg.num_encoder_layers):
-        p = f"encoder.block.{i}.layer"
-        encoder[f"layers_{i}"] = {
-            "attention_norm": norm(f"{p}.0.layer_norm.weight"), "attention": attn(f"{p}.0.SelfAttention"),
-            "mlp_norm": norm(f"{p}.1.layer_norm.weight"), "mlp": mlp(f"{p}.1.DenseReluDense"),
-        }
-    decoder: dict[str, Any] = {"relpos_bias": relpos("decoder"),
-                               "final_norm": norm("decoder.final_layer_norm.weight")}
-    for i in range(cfg.num_decoder_layers):
-        p = f"decoder.block.{i}.layer"
-        decoder[f"layers_{i}"] = {
-            "self_attention_norm": norm(f"{p}.0.layer_norm.weight"),
-            "self_attention": attn(f"{p}.0.SelfAttention"),
-            "cross_attention_norm": norm(f"{p}.1.layer_norm.weight"),
-            "cross_attention": attn(f"{p}.1.EncDecAttention"),
-            "mlp_norm": norm(f"{p}.2.layer_norm.weight"), "mlp": mlp(f"{p}.2.DenseReluDense"),
-        }
+    stacks: dict[str, dict[str, Any]] = {}
+    for stack, count in _stacks(cfg):
+        tree = stacks[stack] = {"relpos_bias": relpos(stack), "final_norm": norm(f"{stack}.final_layer_norm.weight")}
+        for i in range(count):
+            layer = tree[f"layers_{i}"] = {}
+            for j, (ours, theirs) in enumerate(_SUBLAYERS[stack]):
+                layer[f"{ours}_norm"] = norm(f"{stack}.block.{i}.layer.{j}.layer_norm.weight")
+                layer[ours] = (mlp if ours == "mlp" else attn)(f"{stack}.block.{i}.layer.{j}.{theirs}")
+    encoder, decoder = stacks["encoder"], stacks["decoder"]
     shared = tensors.take("shared.weight", (cfg.vocab_size, d))
     if not cfg.tie_word_embeddings:
         head = tensors.take("lm_head.weight", (cfg.vocab_size, d)) if tensors.has("lm_head.weight") else shared
@@ -171,31 +171,20 @@ def params_to_hf(cfg: T5Config, params: dict[str, Any]) -> dict[str, np.ndarray]
         for name, sub in p.items():
             out[f"{prefix}.{name}.weight"] = arr(sub["kernel"]).T
 
-    enc, dec = params["encoder"], params["decoder"]
-    out["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = arr(
-        enc["relpos_bias"]["rel_embedding"])
-    out["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = arr(
-        dec["relpos_bias"]["rel_embedding"])
-    for i in range(cfg.num_encoder_layers):
-        p, lp = f"encoder.block.{i}.layer", enc[f"layers_{i}"]
-        out[f"{p}.0.layer_norm.weight"] = arr(lp["attention_norm"]["scale"])
-        attn(f"{p}.0.SelfAttention", lp["attention"])
-        out[f"{p}.1.layer_norm.weight"] = arr(lp["mlp_norm"]["scale"])
-        mlp(f"{p}.1.DenseReluDense", lp["mlp"])
-    for i in range(cfg.num_decoder_layers):
-        p, lp = f"decoder.block.{i}.layer", dec[f"layers_{i}"]
-        out[f"{p}.0.layer_norm.weight"] = arr(lp["self_attention_norm"]["scale"])
-        attn(f"{p}.0.SelfAttention", lp["self_attention"])
-        out[f"{p}.1.layer_norm.weight"] = arr(lp["cross_attention_norm"]["scale"])
-        attn(f"{p}.1.EncDecAttention", lp["cross_attention"])
-        out[f"{p}.2.layer_norm.weight"] = arr(lp["mlp_norm"]["scale"])
-        mlp(f"{p}.2.DenseReluDense", lp["mlp"])
-    out["encoder.final_layer_norm.weight"] = arr(enc["final_norm"]["scale"])
-    out["decoder.final_layer_norm.weight"] = arr(dec["final_norm"]["scale"])
+    for stack, count in _stacks(cfg):
+        tree = params[stack]
+        out[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = arr(
+            tree["relpos_bias"]["rel_embedding"])
+        for i in range(count):
+            layer = tree[f"layers_{i}"]
+            for j, (ours, theirs) in enumerate(_SUBLAYERS[stack]):
+                out[f"{stack}.block.{i}.layer.{j}.layer_norm.weight"] = arr(layer[f"{ours}_norm"]["scale"])
+                (mlp if ours == "mlp" else attn)(f"{stack}.block.{i}.layer.{j}.{theirs}", layer[ours])
+        out[f"{stack}.final_layer_norm.weight"] = arr(tree["final_norm"]["scale"])
     shared = arr(params["shared"]["embedding"])
     out["shared.weight"] = shared
     if hf_model_type(cfg) == "mt5":
-        head = shared.T if cfg.tie_word_embeddings else arr(dec["lm_head"]["kernel"])
+        head = shared.T if cfg.tie_word_embeddings else arr(params["decoder"]["lm_head"]["kernel"])
         if cfg.logits_scaled:  # fold the d_model**-0.5 output scale into the (linear, bias-free) head
             head = head * np.float32(cfg.d_model**-0.5)
         out["lm_head.weight"] = np.ascontiguousarray(head.T)

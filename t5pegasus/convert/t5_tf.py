@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from t5pegasus.convert.checkpoint_files import TensorSource, read_json
+from t5pegasus.convert.checkpoint_files import TensorSource, config_fields, read_json
 from t5pegasus.convert.formats import TFFormat
 from t5pegasus.convert.name_map import Entry, reshaped, same, transposed
 from t5pegasus.errors import UserError
@@ -178,14 +178,12 @@ def config_from_native(folder: Path, tensors: TensorSource) -> T5Config:
         raise UserError(f"{path}: hidden_act {act!r} is not supported; known: {', '.join(sorted(_GATED_FROM_B4K))}")
     if not gated and act != "relu":
         raise UserError(f"{path}: a T5 without a gated feed-forward must use relu, not {act!r}")
-    try:
+    with config_fields(path, " (a bert4keras T5 config.json has hidden_size, num_attention_heads, "
+                       "num_hidden_layers, intermediate_size, vocab_size)"):
         d, heads, layers = b4k["hidden_size"], b4k["num_attention_heads"], b4k["num_hidden_layers"]
         sizes = dict(vocab_size=b4k["vocab_size"], d_model=d, d_ff=b4k["intermediate_size"], num_heads=heads,
                      d_kv=b4k.get("attention_head_size") or d // heads, num_encoder_layers=layers,
                      num_decoder_layers=layers)
-    except KeyError as e:
-        raise UserError(f"{path}: field {e.args[0]!r} is missing (a bert4keras T5 config.json has hidden_size, "
-                        "num_attention_heads, num_hidden_layers, intermediate_size, vocab_size)") from None
     return T5Config(**sizes, relative_buckets=b4k.get("relative_attention_num_buckets", 32),
                     relative_max_distance=b4k.get("relative_attention_max_distance", 128),
                     dropout_rate=b4k.get("hidden_dropout_prob", b4k.get("dropout_rate", 0.1)),

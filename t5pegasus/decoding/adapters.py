@@ -73,14 +73,28 @@ def repeat_rows(x: Array, copies: int) -> Array:
     return x if copies == 1 else jnp.repeat(x, copies, axis=0)
 
 
-@dataclasses.dataclass(frozen=True)
-class T5Decoding:
-    """T5 / mT5 / T5 PEGASUS: encode `inputs["source_ids"]` (mask: `inputs["source_mask"]`, default
-    ids != pad) once, then decode from `decoder_start_token_id` ([CLS] for T5 PEGASUS) until `eos_token_id`
-    ([SEP]), both taken from the config."""
+def input_ids(inputs: dict[str, Array], ids_key: str, mask_key: str, default_mask: Any,
+              who: str) -> tuple[Array, Array]:
+    """(ids [batch, length] int32, mask bool) of a decoding input: `inputs[ids_key]` and `inputs[mask_key]`,
+    or `default_mask(ids)` when no mask is given; `who` names the adapter in the errors."""
+    if ids_key not in inputs:
+        raise UserError(f"{who} decoding needs inputs[{ids_key!r}]; got keys {sorted(inputs)}")
+    ids = jnp.asarray(inputs[ids_key], jnp.int32)
+    if ids.ndim != 2:
+        raise UserError(f"{ids_key} must be [batch, length], got shape {ids.shape}")
+    mask = inputs.get(mask_key)
+    return ids, default_mask(ids) if mask is None else jnp.asarray(mask, jnp.bool_)
 
-    cfg: T5Config
-    input_name: ClassVar[str] = "source"  # inputs are `source_ids` / `source_mask`
+
+@dataclasses.dataclass(frozen=True)
+class CachedDecoding:
+    """What the adapters share: the model config, the end and pad ids it names, and `reorder` of a state whose
+    `"cache"` is the model's flax cache collection (the rest of such a state is the same in every copy of an
+    example, so it needs no gathering). `input_name` is what its inputs are called: `<name>_ids` /
+    `<name>_mask`."""
+
+    cfg: Any
+    input_name: ClassVar[str] = "source"
 
     @property
     def eos_token_id(self) -> int:
@@ -90,6 +104,18 @@ class T5Decoding:
     def pad_token_id(self) -> int:
         return self.cfg.pad_token_id
 
+    def reorder(self, state: Any, index: Array) -> Any:
+        return {**state, "cache": reorder_kv_cache(state["cache"], index)}
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Decoding(CachedDecoding):
+    """T5 / mT5 / T5 PEGASUS: encode `inputs["source_ids"]` (mask: `inputs["source_mask"]`, default
+    ids != pad) once, then decode from `decoder_start_token_id` ([CLS] for T5 PEGASUS) until `eos_token_id`
+    ([SEP]), both taken from the config."""
+
+    cfg: T5Config
+
     def _model(self) -> Any:
         from t5pegasus.models.t5 import T5
 
@@ -98,13 +124,7 @@ class T5Decoding:
     def start(self, params: Any, inputs: dict[str, Array], copies: int, max_new_tokens: int) -> Start:
         from t5pegasus.models.t5 import T5, init_cache
 
-        if "source_ids" not in inputs:
-            raise UserError(f"T5 decoding needs inputs['source_ids']; got keys {sorted(inputs)}")
-        ids = jnp.asarray(inputs["source_ids"], jnp.int32)
-        if ids.ndim != 2:
-            raise UserError(f"source_ids must be [batch, length], got shape {ids.shape}")
-        mask = inputs.get("source_mask")
-        mask = ids != self.cfg.pad_token_id if mask is None else jnp.asarray(mask, jnp.bool_)
+        ids, mask = input_ids(inputs, "source_ids", "source_mask", lambda x: x != self.cfg.pad_token_id, "T5")
         model = self._model()
         encoded = model.apply({"params": params}, ids, mask, method=T5.encode)
         cache = init_cache(model, params, encoded, mask, max_length=max_new_tokens, copies=copies)
@@ -117,6 +137,3 @@ class T5Decoding:
 
         logits, cache = decode_step(self._model(), params, state["cache"], state["encoded"], state["mask"], ids)
         return logits[:, -1], {**state, "cache": cache}
-
-    def reorder(self, state: Any, index: Array) -> Any:
-        return {**state, "cache": reorder_kv_cache(state["cache"], index)}

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 from jax import Array
 
-from t5pegasus.decoding.adapters import Start, reorder_kv_cache, repeat_rows
+from t5pegasus.decoding.adapters import CachedDecoding, Start, input_ids, repeat_rows
 from t5pegasus.errors import UserError
 from t5pegasus.families import BertConfig, GPTConfig
 
@@ -26,32 +26,14 @@ def left_align(ids: Array, mask: Array) -> tuple[Array, Array, Array]:
     return ids, mask, positions
 
 
-def _prompt(inputs: dict[str, Array], ids_key: str, mask_key: str, default_mask: Any) -> tuple[Array, Array]:
-    if ids_key not in inputs:
-        raise UserError(f"decoding needs inputs[{ids_key!r}]; got keys {sorted(inputs)}")
-    ids = jnp.asarray(inputs[ids_key], jnp.int32)
-    if ids.ndim != 2:
-        raise UserError(f"{ids_key} must be [batch, length], got shape {ids.shape}")
-    mask = inputs.get(mask_key)
-    return ids, default_mask(ids) if mask is None else jnp.asarray(mask, jnp.bool_)
-
-
 @dataclasses.dataclass(frozen=True)
-class GPTDecoding:
+class GPTDecoding(CachedDecoding):
     """GPT-2 / CPM-LM: continue `inputs["prompt_ids"]` (`prompt_mask` marks real tokens; default all real,
     since GPT-2's pad id is an ordinary token) until `eos_token_id`. Positions follow the real tokens, so
     padding changes nothing (as HF with left padding and position ids)."""
 
     cfg: GPTConfig
     input_name: ClassVar[str] = "prompt"  # inputs are `prompt_ids` / `prompt_mask`, continued as a document
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.cfg.eos_token_id
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.cfg.pad_token_id
 
     def _apply(self, params: Any, cache: Any, ids: Array, mask: Array | None, positions: Array) -> tuple:
         from t5pegasus.models.gpt import GPT
@@ -63,7 +45,7 @@ class GPTDecoding:
     def start(self, params: Any, inputs: dict[str, Array], copies: int, max_new_tokens: int) -> Start:
         from t5pegasus.models.gpt import GPT, init_cache
 
-        ids, mask = _prompt(inputs, "prompt_ids", "prompt_mask", lambda x: jnp.ones(x.shape, jnp.bool_))
+        ids, mask = input_ids(inputs, "prompt_ids", "prompt_mask", lambda x: jnp.ones(x.shape, jnp.bool_), "GPT")
         ids, mask, positions = left_align(ids, mask)
         ids, mask, positions = (repeat_rows(x, copies) for x in (ids, mask, positions))
         rows, p = ids.shape
@@ -76,18 +58,14 @@ class GPTDecoding:
         logits, cache = self._apply(params, state["cache"], ids, None, state["position"][:, None])
         return logits[:, -1], {"cache": cache, "position": state["position"] + 1}
 
-    def reorder(self, state: Any, index: Array) -> Any:
-        return {**state, "cache": reorder_kv_cache(state["cache"], index)}
-
 
 @dataclasses.dataclass(frozen=True)
-class UniLMDecoding:
+class UniLMDecoding(CachedDecoding):
     """UniLM (BERT, `mask="unilm"`, with the MLM head): `inputs["source_ids"]` is `[CLS] source [SEP]`
     (segment 0; `source_mask` defaults to ids != pad); the target (segment 1) is generated after it until
     `sep_token_id`, the first token predicted at the source's [SEP], as bert4keras' seq2seq decoding does."""
 
     cfg: BertConfig
-    input_name: ClassVar[str] = "source"  # inputs are `source_ids` / `source_mask`
 
     def __post_init__(self) -> None:
         if self.cfg.mask != "unilm" or not self.cfg.with_mlm:
@@ -96,10 +74,6 @@ class UniLMDecoding:
     @property
     def eos_token_id(self) -> int:
         return self.cfg.sep_token_id
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.cfg.pad_token_id
 
     def _apply(self, params: Any, cache: Any, ids: Array, segments: Array, mask: Array, positions: Array) -> tuple:
         from t5pegasus.models.bert import Bert
@@ -111,7 +85,7 @@ class UniLMDecoding:
     def start(self, params: Any, inputs: dict[str, Array], copies: int, max_new_tokens: int) -> Start:
         from t5pegasus.models.bert import Bert, init_cache
 
-        ids, mask = _prompt(inputs, "source_ids", "source_mask", lambda x: x != self.cfg.pad_token_id)
+        ids, mask = input_ids(inputs, "source_ids", "source_mask", lambda x: x != self.cfg.pad_token_id, "UniLM")
         ids, mask, positions = left_align(ids, mask)
         ids, mask, positions = (repeat_rows(x, copies) for x in (ids, mask, positions))
         rows, p = ids.shape
@@ -129,6 +103,3 @@ class UniLMDecoding:
                                     col(state["position"]))
         return logits[:, -1], {"cache": cache, "position": state["position"] + 1,
                                "segment": jnp.ones_like(state["segment"])}
-
-    def reorder(self, state: Any, index: Array) -> Any:
-        return {**state, "cache": reorder_kv_cache(state["cache"], index)}
