@@ -313,17 +313,17 @@ ACTIVATION_NAMES = ("gelu", "gelu-erf", "relu", "silu")
 class StackConfig(ConfigBase):
     """The fields BERT and GPT share: a stack of same-width layers over token + learned position embeddings."""
 
-    vocab_size: int = 0
+    vocab_size: int = 0  # each family sets its own
     hidden_size: int = 768
     num_layers: int = 12
     num_heads: int = 12
-    head_dim: int = 64
-    intermediate_size: int = 3072
-    max_position_embeddings: int = 512
-    hidden_act: str = "gelu-erf"
+    head_dim: int = 64  # per head; hidden_size need not equal num_heads * head_dim (HF BERT/GPT-2 needs it)
+    intermediate_size: int = 3072  # the feed-forward width
+    max_position_embeddings: int = 512  # rows of the learned position table (position_limit)
+    hidden_act: str = "gelu-erf"  # one of ACTIVATION_NAMES
     layer_norm_epsilon: float = 1e-12
-    dropout_rate: float = 0.1
-    initializer_range: float = 0.02
+    dropout_rate: float = 0.1  # embeddings, attention output and feed-forward alike
+    initializer_range: float = 0.02  # stddev of every weight's normal init
     dtype: str = "float32"
     param_dtype: str = "float32"
     scan_layers: bool = False

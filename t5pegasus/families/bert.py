@@ -25,13 +25,13 @@ class BertConfig(StackConfig):
     family: ClassVar[str] = "bert"
 
     vocab_size: int = 21128
-    type_vocab_size: int = 2
-    mask: str = "bidirectional"
+    type_vocab_size: int = 2  # segment (token type) ids: 0 source, 1 target
+    mask: str = "bidirectional"  # one of BERT_MASKS
     with_pooler: bool = True
-    pooler_activation: str = "tanh"
+    pooler_activation: str = "tanh"  # "linear" for SimBERT, whose pooled vector is the sentence vector
     with_mlm: bool = True
     conditional_layer_norm: bool = False
-    condition_size: int = 0
+    condition_size: int = 0  # width of the condition vector the conditional LayerNorms take
     unk_token_id: int = 100
     cls_token_id: int = 101
     sep_token_id: int = 102

@@ -17,9 +17,9 @@ class GPTConfig(StackConfig):
 
     vocab_size: int = 50257
     max_position_embeddings: int = 1024
-    hidden_act: str = "gelu"
+    hidden_act: str = "gelu"  # GPT-2's tanh approximation
     layer_norm_epsilon: float = 1e-5
-    bos_token_id: int = 50256
+    bos_token_id: int = 50256  # GPT-2's one special token <|endoftext|> starts and ends documents
     eos_token_id: int = 50256
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {

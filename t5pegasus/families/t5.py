@@ -28,17 +28,17 @@ class T5Config(ConfigBase):
 
     vocab_size: int = 32128
     d_model: int = 512
-    d_ff: int = 2048
+    d_ff: int = 2048  # the feed-forward width
     num_heads: int = 8
-    d_kv: int = 64
-    num_encoder_layers: int = 6
+    d_kv: int = 64  # per head
+    num_encoder_layers: int = 6  # 0: a decoder only
     num_decoder_layers: int = 6
-    relative_buckets: int = 32
-    relative_max_distance: int = 128
+    relative_buckets: int = 32  # rows of each stack's relative position bias table
+    relative_max_distance: int = 128  # distances past this share the last bucket
     dropout_rate: float = 0.1
     layer_norm_epsilon: float = 1e-6
-    feed_forward: str = "relu"
-    tie_word_embeddings: bool = True
+    feed_forward: str = "relu"  # one of FEED_FORWARD_KINDS; gated-gelu-erf is T5 PEGASUS's exact GELU
+    tie_word_embeddings: bool = True  # the LM head is the embedding table (T5 1.0) or its own (mT5)
     # None: scale the decoder output by d_model**-0.5 exactly when embeddings are tied (HF/T5 behaviour).
     scale_logits: bool | None = None
     cross_attention_bias: bool = False
@@ -47,10 +47,10 @@ class T5Config(ConfigBase):
     scan_layers: bool = False
     remat: bool = False
     pad_token_id: int = 0
-    eos_token_id: int = 1
+    eos_token_id: int = 1  # [SEP] for T5 PEGASUS
     unk_token_id: int = 2
-    decoder_start_token_id: int = 0
-    initializer_factor: float = 1.0
+    decoder_start_token_id: int = 0  # [CLS] for T5 PEGASUS, pad for T5 / mT5
+    initializer_factor: float = 1.0  # scales every init stddev (HF's initializer_factor)
     attention: AttentionConfig = AttentionConfig(position="relative_bias")
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {

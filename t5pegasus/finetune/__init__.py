@@ -1,9 +1,9 @@
-"""Supervised fine-tuning (seq2seq / GPT lm / UniLM) through the training loop, ROUGE / BLEU, generation CLIs.
+"""Supervised fine-tuning (seq2seq / GPT lm / UniLM) through the training loop, ROUGE / BLEU on the dev set.
 
-    from t5pegasus.finetune import FinetuneSpec, finetune, load_model, Predictor, score
+    from t5pegasus.finetune import FinetuneSpec, finetune, Predictor, score
     result = finetune(FinetuneSpec(init="runs/pre", train="train.jsonl", dev="dev.jsonl", output="runs/ft"))
 
-Names are imported on first use, so the command line's `--help` stays fast.
+Names are imported on first use. Opening a model folder is `t5pegasus.convert.model_folder.load_model`.
 """
 
 from __future__ import annotations
