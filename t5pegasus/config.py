@@ -61,6 +61,16 @@ def _unknown_fields(cls: type, values: dict[str, Any], where: str) -> None:
                         + f"; the fields are: {', '.join(names)}")
 
 
+def _as_dict(attention: AttentionConfig | dict[str, Any] | None) -> dict[str, Any]:
+    """An attention section as a plain dict, whichever form it was given in."""
+    return dataclasses.asdict(attention) if isinstance(attention, AttentionConfig) else dict(attention or {})
+
+
+def _default_attention(cls: type) -> AttentionConfig:
+    """A family config class's default attention (T5's differs from BERT/GPT's in its positions)."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == "attention")
+
+
 def _one_of(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(f"invalid {owner}: {name} {value!r} is not one of {', '.join(choices)}")
@@ -117,15 +127,14 @@ class AttentionConfig:
               causal: bool, unilm: bool) -> None:
         """Refuse values and combinations the family `owner` (e.g. "BertConfig") cannot run (see
         docs/attention.md): `kinds` / `positions` are what it implements; `causal` / `unilm` describe its mask."""
-        where = f"{owner}"
 
         def need(condition: bool, message: str) -> None:
             if not condition:
-                raise UserError(f"invalid {where}: {message}")
+                raise UserError(f"invalid {owner}: {message}")
 
         for name, choices in (("kind", kinds), ("position", positions), ("backend", ATTENTION_BACKENDS),
                               ("rope_layout", ROPE_LAYOUTS)):
-            _one_of(where, f"attention.{name}", getattr(self, name), choices)
+            _one_of(owner, f"attention.{name}", getattr(self, name), choices)
         kind, position = self.kind, self.position
         if position in ROTARY_KINDS:
             need(head_dim % 2 == 0, f"attention.position={position!r} rotates pairs of head dims; the head dim "
@@ -200,8 +209,7 @@ class ConfigBase:
         values = {k: v for k, v in values.items() if k != "family"}
         flat = [k for k in values if k in FLAT_ATTENTION_FIELDS]
         if flat:
-            nested = values.get("attention")
-            nested = dict(dataclasses.asdict(nested) if isinstance(nested, AttentionConfig) else nested or {})
+            nested = _as_dict(values.get("attention"))
             for key in flat:
                 nested[FLAT_ATTENTION_FIELDS[key]] = values.pop(key)
             values["attention"] = nested
@@ -212,9 +220,7 @@ class ConfigBase:
         """`base` with `changes` applied, both in either form; nested attention fields merge field by field."""
         out, changes = cls.upgrade(base), cls.upgrade(changes)
         if isinstance(changes.get("attention"), dict) and "attention" in out:
-            current = out["attention"]
-            current = dataclasses.asdict(current) if isinstance(current, AttentionConfig) else dict(current)
-            changes = {**changes, "attention": {**current, **changes["attention"]}}
+            changes = {**changes, "attention": {**_as_dict(out["attention"]), **changes["attention"]}}
         return {**out, **changes}
 
     @classmethod
@@ -224,9 +230,7 @@ class ConfigBase:
         _unknown_fields(cls, values, cls.__name__)
         given = values.get("attention")
         if isinstance(given, dict):  # fields not given keep this family's defaults (T5: relative_bias positions)
-            default = next(f.default for f in dataclasses.fields(cls) if f.name == "attention")
-            _unknown_fields(AttentionConfig, given, "attention")
-            values["attention"] = AttentionConfig.from_dict({**dataclasses.asdict(default), **given})
+            values["attention"] = AttentionConfig.from_dict({**_as_dict(_default_attention(cls)), **given})
         elif given is not None:
             values["attention"] = AttentionConfig.from_dict(given)
         return cls(**values)
@@ -274,7 +278,7 @@ class ConfigBase:
 def nondefault_attention_switches(cfg: ConfigBase) -> dict[str, Any]:
     """The attention switches of `cfg` that differ from its family's defaults, e.g. {"position": "rope"}; empty
     for a standard model. HF / TF / Megatron checkpoints cannot express them, so an export refuses them."""
-    default = next(f for f in dataclasses.fields(cfg) if f.name == "attention").default
+    default = _default_attention(type(cfg))
     ours = cfg.attention  # type: ignore[attr-defined]
     return {name: getattr(ours, name) for name in ATTENTION_SWITCHES if getattr(ours, name) != getattr(default, name)}
 

@@ -21,7 +21,7 @@ from t5pegasus.convert.name_map import Entry
 Tensors = dict[str, np.ndarray]
 
 
-def _nothing_lost(cfg: ConfigBase, params: Any) -> str | None:
+def _nothing_lost(cfg: ConfigBase) -> str | None:
     return None
 
 
@@ -38,8 +38,9 @@ class HFFormat:
     """A family's mapping to HF transformers.
 
     `config_from_hf(hf_config, tensors)` / `params_from_hf(cfg, tensors)` import; `config_to_hf(cfg)` /
-    `params_to_hf(cfg, params)` export (torch layout, every key HF expects). `lossy(cfg, params)` says what an
-    export could not express (a sentence with its measured effect; None when exact). `exact_tensors(cfg,
+    `params_to_hf(cfg, params)` export (torch layout, every key HF expects). `lossy(cfg)` says what an
+    export could not express (a sentence; None when exact), and `loss_effect(cfg, params)` measures what that
+    costs (computed only once the export goes ahead). `exact_tensors(cfg,
     params)` are kept beside the export so a re-import is bit-exact, and `restore_exact(cfg, params, tensors)`
     puts them back.
     """
@@ -48,7 +49,8 @@ class HFFormat:
     params_from_hf: Callable[[Any, TensorSource], dict[str, Any]]
     config_to_hf: Callable[[Any], dict[str, Any]]
     params_to_hf: Callable[[Any, dict[str, Any]], Tensors]
-    lossy: Callable[[Any, Any], str | None] = _nothing_lost
+    lossy: Callable[[Any], str | None] = _nothing_lost
+    loss_effect: Callable[[Any, Any], str] | None = None
     exact_tensors: Callable[[Any, Any], Tensors] = _no_tensors
     restore_exact: Callable[[Any, dict[str, Any], Tensors], dict[str, Any]] = _unchanged
 

@@ -50,10 +50,14 @@ def save_hf(cfg: ConfigBase, params: Any, folder: str | os.PathLike, *, allow_lo
     params = _plain(params)
     switches = nondefault_attention_switches(cfg)
     lost = [f"attention switches {switches} that HF's {cfg.family} models do not have"] if switches else []
-    lost += [x for x in (fmt.lossy(cfg, params),) if x]
+    family_loss = fmt.lossy(cfg)
+    if family_loss:
+        lost.append(family_loss)
     if lost and not allow_lossy:
         raise UserError(f"this model has {'; and '.join(lost)}; pass allow_lossy=True (--allow-lossy) to export "
                         "without them")
+    if family_loss and fmt.loss_effect:  # measured only now that the export goes ahead
+        lost[-1] += f": {fmt.loss_effect(cfg, params)}"
     for what in lost:
         report(f"lossy export: {what}")
     hf_config = fmt.config_to_hf(cfg)

@@ -191,13 +191,16 @@ def params_to_hf(cfg: T5Config, params: dict[str, Any]) -> dict[str, np.ndarray]
     return out
 
 
-def lossy(cfg: T5Config, params: Any) -> str | None:
-    """What an HF export of `cfg` cannot express: the T5 PEGASUS cross-attention position bias, with the logit
-    difference its absence makes on a probe batch."""
+def lossy(cfg: T5Config) -> str | None:
+    """What an HF export of `cfg` cannot express: the T5 PEGASUS cross-attention position bias."""
     if not cfg.cross_attention_bias:
         return None
-    return ("a relative position bias in cross-attention (T5 PEGASUS), which HF transformers cannot express: "
-            f"dropping it changes logits by up to {cross_attention_bias_effect(cfg, params):.4g} on a probe batch")
+    return "a relative position bias in cross-attention (T5 PEGASUS), which HF transformers cannot express"
+
+
+def loss_effect(cfg: T5Config, params: Any) -> str:
+    """The logit difference that dropping the cross-attention bias makes on a probe batch."""
+    return f"dropping it changes logits by up to {cross_attention_bias_effect(cfg, params):.4g} on a probe batch"
 
 
 def cross_attention_bias_effect(cfg: T5Config, params: Any, seed: int = 0) -> float:
@@ -233,5 +236,5 @@ def restore_exact(cfg: T5Config, params: dict[str, Any], exact: dict[str, np.nda
     return {**params, "decoder": decoder}
 
 
-FORMAT = HFFormat(config_from_hf, params_from_hf, config_to_hf, params_to_hf, lossy=lossy,
+FORMAT = HFFormat(config_from_hf, params_from_hf, config_to_hf, params_to_hf, lossy=lossy, loss_effect=loss_effect,
                   exact_tensors=exact_tensors, restore_exact=restore_exact)
