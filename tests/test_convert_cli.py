@@ -94,3 +94,21 @@ def test_dtype_option(tmp_path, dtype):
 
     with safe_open(str(tmp_path / "hf" / "model.safetensors"), framework="numpy") as f:
         assert str(f.get_slice("transformer.wte.weight").get_dtype()).lower() in ("bf16", "bfloat16")
+
+
+def test_an_export_ships_the_source_folders_own_tokenizer(tmp_path):
+    """A TF / HF source that holds its vocab.txt (the T5 PEGASUS release layout) passes it on to the export;
+    a source without one ships nothing; --tokenizer wins."""
+    from t5pegasus.convert.detect import tokenizer_files
+
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "vocab.txt").write_text("[PAD]\n[UNK]\n", encoding="utf-8")
+    assert tokenizer_files(release, "tf") == {"vocab.txt": release / "vocab.txt"}
+    assert tokenizer_files(release / "model.ckpt", "tf") == {"vocab.txt": release / "vocab.txt"}  # a prefix
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert tokenizer_files(bare, "hf") == {}
+    spm = tmp_path / "spiece.model"
+    spm.write_bytes(b"x")
+    assert tokenizer_files(release, "tf", str(spm)) == {"spiece.model": spm}

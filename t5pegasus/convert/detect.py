@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from t5pegasus.errors import UserError
-from t5pegasus.training.run_folder import TOKENIZER_RECORD
+from t5pegasus.training.run_folder import RunFolder
 
 FORMATS = ("run", "hf", "tf", "megatron")
 TOKENIZER_FILES = {".txt": "vocab.txt", ".model": "spiece.model"}
@@ -14,7 +14,6 @@ TOKENIZER_FILES = {".txt": "vocab.txt", ".model": "spiece.model"}
 def detect(path: Path) -> str:
     """The format of an existing source path, or a UserError saying what was expected."""
     from t5pegasus.convert.tf_checkpoint import is_tf_checkpoint
-    from t5pegasus.training.run_folder import RunFolder
 
     if is_tf_checkpoint(path):  # before hf: the T5 PEGASUS release has a config.json beside its checkpoint
         return "tf"
@@ -30,17 +29,19 @@ def detect(path: Path) -> str:
 
 
 def tokenizer_files(src: Path, src_format: str, tokenizer: str | None = None) -> dict[str, Path]:
-    """{name in the export: file} for the tokenizer to ship: `tokenizer` (--tokenizer), else a run's own."""
-    path = tokenizer
-    record = src / TOKENIZER_RECORD
-    if path is None and src_format == "run" and record.is_file():
-        path = record.read_text(encoding="utf-8").strip() or None
-    if path is None:
-        return {}
-    path = Path(path)
+    """{name in the export: file} for the tokenizer to ship: `tokenizer` (--tokenizer), else the source's own (a
+    run's recorded tokenizer, or a vocab.txt / sentencepiece model in a TF, HF or Megatron folder)."""
+    if tokenizer is None:
+        folder = src if src.is_dir() else src.parent  # a TF checkpoint may be given by its prefix
+        try:
+            path = RunFolder(folder).tokenizer_file()
+        except UserError:
+            return {}  # the source ships no single vocab/model file: nothing to copy
+    else:
+        path = Path(tokenizer)
     name = TOKENIZER_FILES.get(path.suffix)
     if name is None or not path.is_file():
         if tokenizer is None:
-            return {}  # a run whose tokenizer is not a single vocab/model file: nothing to ship
+            return {}
         raise UserError(f"--tokenizer {path}: expected an existing vocab.txt or sentencepiece .model file")
     return {name: path}

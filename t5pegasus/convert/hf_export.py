@@ -55,7 +55,7 @@ def save_hf(cfg: ConfigBase, params: Any, folder: str | os.PathLike, *, allow_lo
         lost.append(family_loss)
     if lost and not allow_lossy:
         raise UserError(f"this model has {'; and '.join(lost)}; pass allow_lossy=True (--allow-lossy) to export "
-                        "without them")
+                        "it without what HF cannot hold")
     if family_loss and fmt.loss_effect:  # measured only now that the export goes ahead
         lost[-1] += f": {fmt.loss_effect(cfg, params)}"
     for what in lost:
