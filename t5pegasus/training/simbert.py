@@ -1,7 +1,7 @@
 """SimBERT: the UniLM seq2seq loss plus an in-batch similarity loss of the sentence vectors.
 
 Each similar pair (a, b) enters a batch in both orders, rows 2k = `[CLS] a [SEP] b [SEP]` and
-2k+1 = `[CLS] b [SEP] a [SEP]` (`simbert_batch`). The loss of a BERT (`attention="unilm"`, the `simbert-base`
+2k+1 = `[CLS] b [SEP] a [SEP]` (`simbert_batch`). The loss of a BERT (`mask="unilm"`, the `simbert-base`
 preset) is
 
 - seq2seq: next-token cross-entropy on the second segment (`losses.cross_entropy`, as the `unilm` objective),
