@@ -70,11 +70,15 @@ class Family:
                 out[field] = int(found)
         return out
 
+    def converter_ref(self, fmt: str) -> Ref | None:
+        """Where the family's converter for `fmt` ("hf", "tf", "megatron") lives (None: it has none)."""
+        return {"hf": self.hf, "tf": self.tf, "megatron": self.megatron}[fmt]
+
     def converter(self, fmt: str) -> Any:
         """The family's converter module or format record for `fmt` ("hf", "tf", "megatron")."""
-        ref = {"hf": self.hf, "tf": self.tf, "megatron": self.megatron}[fmt]
+        ref = self.converter_ref(fmt)
         if ref is None:
-            known = [f.name for f in all_families() if getattr(f, fmt) is not None]
+            known = [f.name for f in all_families() if f.converter_ref(fmt) is not None]
             raise UserError(f"no {fmt} checkpoint format for the {self.name!r} family; {fmt} holds: "
                             f"{', '.join(known) or 'none'}")
         return ref.load()
