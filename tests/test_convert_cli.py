@@ -66,7 +66,7 @@ def test_refusals_are_one_line_exit_2(tmp_path, capsys):
     assert (tmp_path / "taken" / "config.json").exists()
     (tmp_path / "junk").mkdir()
     assert main(["convert", str(tmp_path / "junk"), str(tmp_path / "x")]) == 2
-    assert "cannot tell the format" in capsys.readouterr().err
+    assert "is not a model folder" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "taken"), str(tmp_path / "y"), "--to", "megatron", "--ema"]) == 2
     assert "--ema needs a training run" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "z")]) == 2

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from t5pegasus.convert.detect import FORMATS, detect, tokenizer_files
+from t5pegasus.convert.model_folder import read_weights
 from t5pegasus.errors import UserError
 
 
@@ -36,35 +36,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "T5 PEGASUS; layer_norm otherwise, as T5 1.0)")
 
 
-def _read(args: argparse.Namespace, src: Path, src_format: str) -> tuple[Any, Any]:
-    if args.ema and src_format != "run":
-        raise UserError("--ema needs a training run as SRC (other formats hold one set of weights)")
-    if src_format == "run":
-        from t5pegasus.training.run_folder import RunFolder
-
-        return RunFolder(src).load_params(step=args.step, ema=args.ema)
-    if src_format == "hf":
-        from t5pegasus.convert.hf import load_hf
-
-        return load_hf(src)
-    if src_format == "tf":
-        from t5pegasus.convert.tf import load_tf
-
-        return load_tf(src)
-    from t5pegasus.convert.megatron import load_megatron
-
-    return load_megatron(src, num_heads=args.num_heads)
+def _detect(src: Path) -> str:
+    try:
+        return detect(src)
+    except UserError as e:
+        if not src.exists():
+            raise
+        raise UserError(f"{e}; or give the format with --from ({', '.join(FORMATS)})") from None
 
 
 def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.src), Path(args.dst)
-    src_format = args.src_format or detect(src)
+    src_format = args.src_format or _detect(src)
     if src_format == args.dst_format and src_format != "megatron":
         raise UserError(f"SRC and DST are both {src_format}; nothing to convert")
     if dst.exists() and not args.force:
         raise UserError(f"{dst} exists; choose another destination or pass --force to replace it")
     extra = tokenizer_files(src, src_format, args.tokenizer) if args.dst_format in ("hf", "tf") else {}
-    cfg, params = _read(args, src, src_format)
+    cfg, params = read_weights(src, src_format, step=args.step, ema=args.ema, num_heads=args.num_heads)
     if args.dst_format == "hf":
         from t5pegasus.convert.hf_export import save_hf
 

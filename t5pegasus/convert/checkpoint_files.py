@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from t5pegasus.errors import UserError
+from t5pegasus.errors import UserError, unreadable
 
 
 def read_json(path: Path) -> dict:
@@ -44,12 +45,15 @@ def config_fields(path: Path, hint: str = "") -> Iterator[None]:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     out = {}
-    with safe_open(str(path), framework="flax") as f:
-        for key in f.keys():
-            out[key] = np.asarray(f.get_tensor(key), dtype=np.float32)
+    try:
+        with safe_open(str(path), framework="flax") as f:
+            for key in f.keys():
+                out[key] = np.asarray(f.get_tensor(key), dtype=np.float32)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise unreadable(path, e, "safetensors file") from None
     return out
 
 
@@ -58,7 +62,10 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
         import torch
     except ImportError:
         raise UserError(f"{path} is a PyTorch file; install the torch extra: pip install 't5pegasus[torch]'") from None
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        raise unreadable(path, e, "PyTorch file") from None
     return {k: v.detach().to(torch.float32).numpy() for k, v in state.items()}
 
 

@@ -1,4 +1,5 @@
-"""Which format a path on disk holds (`detect`), and the tokenizer files an export ships."""
+"""What a path on disk holds (`detect`): the one rule, for `convert` and every command that takes a model folder,
+and the tokenizer files an export ships."""
 
 from __future__ import annotations
 
@@ -9,23 +10,31 @@ from t5pegasus.training.run_folder import RunFolder
 
 FORMATS = ("run", "hf", "tf", "megatron")
 TOKENIZER_FILES = {".txt": "vocab.txt", ".model": "spiece.model"}
+WHAT_A_MODEL_FOLDER_IS = ("a training run (model_config.json + checkpoints/), a fine-tuned model (<run>/best), "
+                          "a HF transformers folder (config.json + model.safetensors), a TF checkpoint (checkpoint "
+                          "+ model.ckpt.index, as the T5 PEGASUS release) or a Megatron checkpoint")
 
 
 def detect(path: Path) -> str:
-    """The format of an existing source path, or a UserError saying what was expected."""
+    """The format of an existing model path (one of FORMATS), or a UserError saying what a model folder is.
+
+    A TF checkpoint is looked for first: the T5 PEGASUS release keeps a bert4keras `config.json` beside its
+    checkpoint, which would otherwise read as a HF folder. A fine-tuning run whose checkpoints were deleted
+    but whose `best/` remains is still a run."""
     from t5pegasus.convert.tf_checkpoint import is_tf_checkpoint
 
-    if is_tf_checkpoint(path):  # before hf: the T5 PEGASUS release has a config.json beside its checkpoint
+    path = Path(path)
+    if is_tf_checkpoint(path):
         return "tf"
     if not path.exists():
-        raise UserError(f"{path} does not exist")
-    if RunFolder.holds_run(path):
+        raise UserError(f"model folder {path} does not exist")
+    if RunFolder.holds_run(path) or RunFolder.holds_run(RunFolder(path).best.path):
         return "run"
     if (path / "config.json").is_file():
         return "hf"
     if (path / "latest_checkpointed_iteration.txt").exists() or any(path.glob("**/mp_rank_*_model_states.pt")):
         return "megatron"
-    raise UserError(f"cannot tell the format of {path}; give it with --from ({', '.join(FORMATS)})")
+    raise UserError(f"{path} is not a model folder: expected {WHAT_A_MODEL_FOLDER_IS}")
 
 
 def tokenizer_files(src: Path, src_format: str, tokenizer: str | None = None) -> dict[str, Path]:

@@ -6,7 +6,13 @@ write or read.
 - a fine-tuned best model (`<run>/best/`): the same layout (so `t5pegasus convert` reads it as a run), its
   tokenizer file inside, and `finetune.json` with the lengths it was trained with; a fine-tuning run folder
   stands for its `best/`;
-- a HF transformers folder (`config.json`): `t5pegasus.convert.load_hf`, tokenizer `vocab.txt` / `spiece.model`.
+- a HF transformers folder (`config.json`): `t5pegasus.convert.load_hf`, tokenizer `vocab.txt` / `spiece.model`;
+- a TF checkpoint folder (`checkpoint`, `model.ckpt.*`), such as the T5 PEGASUS release: its bert4keras
+  `config.json` turns the three T5 PEGASUS switches on (`t5pegasus.convert.tf.load_tf`), and its `vocab.txt` is
+  the T5 PEGASUS tokenizer (jieba, HMM off, then WordPiece; decoding starts at [CLS] and stops at [SEP]);
+- a Megatron checkpoint (CPM-LM).
+
+Which of these a path is, is `t5pegasus.convert.detect.detect`, the one rule for every command.
 
 The config's special ids are aligned with the tokenizer's ([CLS]/[SEP] for BERT, bos/eos for GPT, ...), since the
 tokenizer decides the ids the data holds and decoding stops at.
@@ -33,21 +39,44 @@ class LoadedModel:
     tokenizer: Tokenizer
     tokenizer_path: Path
     tokenizer_kind: str
-    kind: str  # run | hf
+    kind: str  # one of t5pegasus.convert.detect.FORMATS
     info: dict[str, Any]  # finetune.json of a fine-tuned model ({} otherwise)
 
 
 def model_kind(path: Path) -> str:
-    """`run` (a run folder or a fine-tuning run with its best model), `hf`, or a UserError saying what a model
+    """Which kind of model folder `path` is (`run`, `hf`, `tf`, `megatron`), or a UserError saying what a model
     folder holds."""
-    if not path.exists():
-        raise UserError(f"model folder {path} does not exist")
-    if RunFolder.holds_run(path) or RunFolder.holds_run(path / "best"):
-        return "run"
-    if (path / "config.json").is_file():
-        return "hf"
-    raise UserError(f"{path} is not a model folder: expected a training run (model_config.json + checkpoints/), "
-                    f"a fine-tuned model (<run>/best) or a HF transformers folder (config.json)")
+    from t5pegasus.convert.detect import detect
+
+    return detect(path)
+
+
+def read_weights(path: Path, kind: str, *, step: int | None = None, ema: bool = False,
+                 num_heads: int | None = None) -> tuple[ConfigBase, Any]:
+    """(config, params) of a model path of format `kind`: a run's checkpoint `step` (default: the latest; its
+    EMA weights with `ema`), or the one set of weights a HF, TF or Megatron folder holds."""
+    if ema and kind != "run":
+        raise UserError(f"--ema needs a training run; {path} is a {kind} folder with one set of weights")
+    if step is not None and kind != "run":
+        raise UserError(f"--step needs a training run; {path} is a {kind} folder with one set of weights")
+    if kind == "run":
+        folder = RunFolder(path)
+        if not folder.holds_run(path):
+            folder = folder.best  # a fine-tuning run whose checkpoints are gone: its best model
+        return folder.load_params(step=step, ema=ema)
+    if kind == "hf":
+        from t5pegasus.convert.hf import load_hf
+
+        return load_hf(path)
+    if kind == "tf":
+        from t5pegasus.convert.tf import load_tf
+
+        return load_tf(path)
+    if kind == "megatron":
+        from t5pegasus.convert.megatron import load_megatron
+
+        return load_megatron(path, num_heads=num_heads)
+    raise UserError(f"unknown model format {kind!r}")
 
 
 def tokenizer_kind(path: Path, info: dict[str, Any]) -> str:
@@ -76,24 +105,16 @@ def load_model(path: str | os.PathLike, *, ema: bool = False, tokenizer: str | o
 
     path = Path(path)
     kind = model_kind(path)
-    folder = RunFolder(path)
+    folder = RunFolder(path if path.is_dir() else path.parent)  # a TF checkpoint may be given by its prefix
     if kind == "run" and RunFolder.holds_run(folder.best.path):
         folder = folder.best  # a fine-tuning run folder: its best model
         path = folder.path
-    if ema and kind != "run":
-        raise UserError(f"--ema needs a training run; {path} is a HF folder with one set of weights")
     info = folder.info()
     tok_path = folder.tokenizer_file(tokenizer)
     tok_kind = tokenizer_kind(tok_path, info if tokenizer is None else {})
     tok = load_tokenizer(tok_path, kind=tok_kind)
-    params = None
-    if kind == "run":
-        if with_params:
-            cfg, params = folder.load_params(ema=ema)
-        else:
-            cfg = folder.model_config()
+    if kind == "run" and not with_params:
+        cfg, params = folder.model_config(), None
     else:
-        from t5pegasus.convert.hf import load_hf
-
-        cfg, params = load_hf(path)
+        cfg, params = read_weights(path, kind, ema=ema)
     return LoadedModel(align_special_ids(cfg, tok), params, tok, tok_path.resolve(), tok_kind, kind, info)

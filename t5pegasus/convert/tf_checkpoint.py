@@ -8,14 +8,17 @@ GPT-2 wrote them. Reading drops training state (global step, optimizer slots) an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from t5pegasus.errors import UserError
+from t5pegasus.errors import UserError, unreadable
 
 PREFIX = "model.ckpt"
 # Name parts of training state that a model checkpoint may carry beside its weights (TF1 Adam slots,
@@ -29,10 +32,30 @@ def import_tf() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF only moves tensors here; its oneDNN notice is noise
     try:
-        import tensorflow as tf
+        with _native_stderr_silenced():
+            import tensorflow as tf
     except ImportError:
         raise UserError('TF checkpoints need TensorFlow: pip install "t5pegasus[tf]"') from None
     return tf
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 sent to /dev/null while TensorFlow loads: its C++ libraries log INFO lines (oneDNN,
+    "Could not find cuda drivers") before absl is initialised, where TF_CPP_MIN_LOG_LEVEL cannot reach them, and
+    a command's output should be its own. Python exceptions raised meanwhile still surface afterwards."""
+    if "tensorflow" in sys.modules:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def is_tf_checkpoint(path: str | os.PathLike) -> bool:
@@ -88,12 +111,16 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Path, dict[str, np.ndarray
     try:
         reader = tf.train.load_checkpoint(str(prefix))
     except (tf.errors.OpError, ValueError) as e:
-        raise UserError(f"{prefix}: not a readable TF checkpoint ({str(e).splitlines()[0]})") from None
+        raise unreadable(f"{prefix}.index", e, "TF checkpoint") from None
     out = {}
     for name, dtype in sorted(reader.get_variable_to_dtype_map().items()):
         if is_training_state(name) or not (dtype.is_floating or dtype == tf.bfloat16):
             continue
-        out[name] = np.asarray(reader.get_tensor(name)).astype(np.float32)
+        try:
+            out[name] = np.asarray(reader.get_tensor(name)).astype(np.float32)
+        except (tf.errors.OpError, IndexError, ValueError) as e:  # a data file cut short: "Read less bytes"
+            data = sorted(prefix.parent.glob(prefix.name + ".data-*"))
+            raise unreadable(data[0] if data else prefix, e, f"TF checkpoint (tensor {name!r})") from None
     return prefix, out
 
 

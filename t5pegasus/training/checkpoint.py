@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from t5pegasus.errors import UserError
+from t5pegasus.errors import UserError, root_cause, unreadable
 from t5pegasus.training.state import TrainState
 
 
@@ -65,9 +65,18 @@ class Checkpointer:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
-        except (ValueError, KeyError) as e:
+        except Exception as e:  # orbax wraps what tensorstore says in plain Exceptions
+            self.manager.close()  # its reader threads would otherwise print tracebacks at exit
+            cause = root_cause(e)
+            if any(code in str(cause) for code in ("OUT_OF_RANGE", "DATA_LOSS", "metadata")):
+                earlier = [s for s in self.manager.all_steps() if s < step]
+                remedy = (f"move it out of {self.directory} to resume from step {max(earlier)}" if earlier
+                          else "move it away to start the run again")
+                raise unreadable(self.directory / str(step), cause, "checkpoint", remedy) from None
+            if not isinstance(cause, ValueError | KeyError):
+                raise
             raise UserError(f"checkpoint {self.directory / str(step)} does not fit this run's model/optimiser "
-                            f"({e}); use a new run name or the config it was written with") from None
+                            f"({cause}); use a new run name or the config it was written with") from None
         positions = restored["data"]["processes"]
         if len(positions) != jax.process_count():
             raise UserError(f"checkpoint {self.directory / str(step)} was written by {len(positions)} processes; "

@@ -158,6 +158,7 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
     mesh = meshlib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     rules = meshlib.rules_for(cfg.mesh.rules)
     bsh = meshlib.batch_sharding(mesh, rules)
+    meshlib.check_batch_size(cfg.data.batch_size, mesh, rules)
     lengths = {k: v for k, v in (("max_source_len", cfg.data.max_source_len),
                                  ("max_target_len", cfg.data.max_target_len), ("max_len", cfg.data.max_len))}
     train_it = loader(data.train, cfg.data, seed=cfg.seed, shuffle=cfg.data.shuffle, max_lengths=lengths)

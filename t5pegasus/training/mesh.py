@@ -67,6 +67,19 @@ def logical_shardings(abstract_boxed: Any, mesh: Mesh, rules: Rules) -> Any:
     return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
+def check_batch_size(batch_size: int, mesh: Mesh, rules: Rules) -> None:
+    """A UserError unless the global batch splits evenly over the mesh axes the batch is sharded on."""
+    spec = batch_sharding(mesh, rules).spec[0]
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    ways = 1
+    for axis in axes:
+        ways *= mesh.shape[axis]
+    if batch_size % ways:
+        raise UserError(f"the batch size {batch_size} does not split over the {ways} devices the batch is sharded "
+                        f"on ({' x '.join(f'{a}={mesh.shape[a]}' for a in axes)}); use a multiple of {ways}, or "
+                        f"set mesh.data to a divisor of it")
+
+
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
     """Sharding of a [batch, ...] input array: batch over the data axes, the rest replicated."""
     spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules)

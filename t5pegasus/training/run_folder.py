@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from t5pegasus.config import ConfigBase, load_config
-from t5pegasus.errors import UserError
+from t5pegasus.errors import UserError, root_cause, unreadable
 from t5pegasus.fileio import write_text
 
 RUN_CONFIG = "config.yaml"
@@ -157,12 +157,17 @@ class RunFolder:
         path = self.state_dir(step)
         if not path.is_dir():
             raise UserError(f"{path} does not exist; steps here: {latest} is the latest")
-        checkpointer = ocp.StandardCheckpointer()
-        tree = checkpointer.metadata(path).item_metadata.tree
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
-        state = checkpointer.restore(path, target)
-        checkpointer.close()
+        with ocp.StandardCheckpointer() as checkpointer:
+            try:
+                metadata = checkpointer.metadata(path).item_metadata
+                if metadata is None:  # _METADATA cut short or missing
+                    raise ValueError("its metadata cannot be read")
+                device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+                target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                      metadata.tree)
+                state = checkpointer.restore(path, target)
+            except Exception as e:  # orbax raises plain Exception around tensorstore's OUT_OF_RANGE / DATA_LOSS
+                raise unreadable(path, root_cause(e), "checkpoint") from None
         if not ema:
             return cfg, state["params"]
         saved = state.get("ema")

@@ -1,0 +1,198 @@
+"""The T5 PEGASUS release folder as it is (bert4keras `config.json`, `checkpoint` + `model.ckpt.*`, `vocab.txt`, no
+config of ours) is a model folder for every command: `generate`, `finetune --init`, `evaluate`, `convert` and
+`load_model` read it as T5 PEGASUS (its three switches on, the WordPiece+jieba tokenizer, decoding from [CLS] to
+[SEP]); truncated weight files are one line, exit 2, in every reader."""
+
+import io
+import json
+import random
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import t5pegasus as tp
+from t5pegasus.cli import main
+from t5pegasus.convert.model_folder import load_model
+from t5pegasus.convert.tf import OUR_CONFIG, load_tf, save_tf
+
+pytest.importorskip("tensorflow")
+
+WORDS = ["中国", "人民", "经济", "发展", "北京", "我们", "今天", "天气", "新闻", "记者"]
+
+
+def _vocab() -> list[str]:
+    """A BERT-style vocab.txt: [PAD] 0, [unused*], [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103, then characters,
+    some jieba words and ## pieces (as the 50k T5 PEGASUS vocabulary is laid out)."""
+    chars = sorted(set("".join(WORDS) + "的是在了和有大小上下一个天好年月日说会要"))
+    head = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    return head + chars + WORDS + ["##" + c for c in chars[:10]] + list("abcdefg0123456789，。")
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """A tiny release-layout folder written from random weights (then stripped of our own config)."""
+    d = tmp_path_factory.mktemp("release")
+    vocab = _vocab()
+    ids = dict(pad_token_id=0, unk_token_id=100, decoder_start_token_id=101, eos_token_id=102)
+    cfg = tp.T5Config(vocab_size=len(vocab), d_model=16, d_ff=32, num_heads=2, d_kv=8, num_encoder_layers=1,
+                      num_decoder_layers=1, relative_buckets=8, dropout_rate=0.0, feed_forward="gated-gelu-erf",
+                      tie_word_embeddings=False, scale_logits=True, cross_attention_bias=True, **ids)
+    x = jnp.ones((1, 4), jnp.int32)
+    params = tp.models.unbox(tp.models.T5(cfg).init(jax.random.PRNGKey(3), x, x)["params"])
+    (d / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    folder = d / "chinese_t5_pegasus_tiny"
+    save_tf(cfg, params, folder, extra_files={"vocab.txt": d / "vocab.txt"})
+    (folder / OUR_CONFIG).unlink()  # the release ships bert4keras' config.json only
+    rng = random.Random(0)
+    pairs = [("".join(rng.choice(WORDS) for _ in range(rng.randint(3, 6))), rng.choice(WORDS)) for _ in range(12)]
+    with open(d / "train.jsonl", "w", encoding="utf-8") as f:
+        for src, tgt in pairs:
+            f.write(json.dumps({"src": src, "tgt": tgt}, ensure_ascii=False) + "\n")
+    (d / "dev.tsv").write_text("".join(f"{t}\t{s}\n" for s, t in pairs[:4]), encoding="utf-8")
+    (d / "inputs.txt").write_text("".join(f"{s}\n" for s, _ in pairs[:3]), encoding="utf-8")
+    return folder
+
+
+def _greedy(cfg, params, tok, text: str, max_new: int) -> str:
+    """Greedy decoding by full forward passes (no cache), from [CLS] until [SEP], as bert4keras decodes."""
+    model = tp.models.T5(cfg)
+    enc = jnp.asarray([tok.add_special(tok.encode(text), 64)], jnp.int32)
+    dec = [tok.decoder_start_id]
+    for _ in range(max_new):
+        logits = model.apply({"params": params}, enc, jnp.asarray([dec], jnp.int32))
+        dec.append(int(jnp.argmax(logits[0, -1, : tok.vocab_size])))
+        if dec[-1] == tok.eos_id:
+            break
+    return tok.decode([t for t in dec[1:] if t != tok.eos_id])
+
+
+def test_load_model_reads_the_release_as_t5_pegasus(release):
+    loaded = load_model(release)
+    cfg = loaded.cfg
+    assert loaded.kind == "tf" and loaded.tokenizer_kind == "wordpiece"
+    assert cfg.cross_attention_bias and cfg.logits_scaled and cfg.feed_forward == "gated-gelu-erf"
+    vocab = (release / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert vocab[cfg.decoder_start_token_id] == "[CLS]" and vocab[cfg.eos_token_id] == "[SEP]"
+    assert vocab[cfg.pad_token_id] == "[PAD]"
+    # jieba words of the vocabulary stay whole; other text goes through WordPiece
+    assert [vocab[i] for i in loaded.tokenizer.encode("中国人民")] == ["中国", "人民"]
+    # a checkpoint given by its prefix is the same model folder
+    by_prefix = load_model(release / "model.ckpt")
+    assert by_prefix.cfg == cfg and by_prefix.tokenizer_path == loaded.tokenizer_path
+
+
+def test_generate_reads_the_release(release, monkeypatch, capsys):
+    d = release.parent
+    sources = (d / "inputs.txt").read_text(encoding="utf-8").splitlines()
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(sources) + "\n"))
+    assert main(["generate", "--model", str(release), "--max-length", "5"]) == 0
+    got = capsys.readouterr().out.splitlines()
+    cfg, params = load_tf(release)
+    tok = load_model(release, with_params=False).tokenizer
+    assert got == [_greedy(cfg, params, tok, s, 5) for s in sources]
+
+
+def _finetune_argv(release, out, steps):
+    d = release.parent
+    return ["finetune", "--init", str(release), "--train", str(d / "train.jsonl"), "--dev", str(d / "dev.tsv"),
+            "--output", str(out), "--steps", str(steps), "--batch-size", "8", "--eval-every", "2",
+            "--max-source-len", "16", "--max-target-len", "4", "--lr", "1e-30", "log.tensorboard=false",
+            "log.peak_flops=1e9", 'log.progress="off"']
+
+
+@pytest.fixture(scope="module")
+def finetuned(release, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "ft"
+    assert main(_finetune_argv(release, out, 2)) == 0
+    return out
+
+
+def test_finetune_from_the_release_starts_from_its_weights(release, finetuned):
+    """--init RELEASE with a learning rate of 1e-30: the best model holds the release's weights."""
+    from t5pegasus.training.run_folder import RunFolder
+
+    cfg, want = load_tf(release)
+    best_cfg, got = RunFolder(finetuned / "best").load_params()
+    assert best_cfg.cross_attention_bias and best_cfg.logits_scaled and best_cfg.vocab_size == cfg.vocab_size
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(tp.models.unbox(got)), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-20)
+    assert (finetuned / "best" / "vocab.txt").is_file()
+
+
+def _cut(path):
+    """Truncate a file to half its size, as an interrupted copy or a full disk leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _cut_arrays(folder):
+    """Truncate the array data files of an orbax checkpoint (OCDBT keeps them in `d/` folders)."""
+    for path in folder.rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            _cut(path)
+
+
+def _one_line_error(argv, capsys, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_truncated_weights_are_one_line_naming_the_file(release, finetuned, tmp_path, capsys):
+    inputs = str(release.parent / "inputs.txt")
+    tf_copy = tmp_path / "tf"
+    shutil.copytree(release, tf_copy)
+    _cut(tf_copy / "model.ckpt.data-00000-of-00001")
+    _one_line_error(["generate", "--model", str(tf_copy), "--input", inputs], capsys,
+                    "model.ckpt.data-00000-of-00001: not a readable TF checkpoint", "truncated")
+    assert main(["convert", str(finetuned / "best"), str(tmp_path / "hf"), "--allow-lossy"]) == 0
+    capsys.readouterr()
+    _cut(tmp_path / "hf" / "model.safetensors")
+    _one_line_error(["convert", str(tmp_path / "hf"), str(tmp_path / "back"), "--to", "tf"], capsys,
+                    "model.safetensors: not a readable safetensors file")
+    best = tmp_path / "best"
+    shutil.copytree(finetuned / "best", best)
+    _cut_arrays(best / "checkpoints")
+    _one_line_error(["generate", "--model", str(best), "--input", inputs], capsys, "not a readable checkpoint")
+
+
+def test_a_truncated_checkpoint_stops_the_resume_naming_the_step_before(release, tmp_path, capsys):
+    run = tmp_path / "ft"
+    argv = _finetune_argv(release, run, 2)
+    argv[argv.index("--eval-every") + 1] = "1"
+    assert main(argv) == 0
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    _cut_arrays(run / "checkpoints" / str(steps[-1]))
+    err = _one_line_error(_finetune_argv(release, run, 4), capsys, f"checkpoints/{steps[-1]}: not a readable")
+    assert (f"resume from step {steps[-2]}" in err) if len(steps) > 1 else "start the run again" in err
+
+
+def test_evaluate_reads_the_release(release, capsys):
+    d = release.parent
+    assert main(["evaluate", "--model", str(release), "--data", str(d / "dev.tsv"), "--json", "--max-length",
+                 "4"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["examples"] == 4 and {"rouge-l", "bleu"} <= set(got)
+
+
+def test_ema_of_a_release_is_refused(release, capsys):
+    assert main(["generate", "--model", str(release), "--ema", "--input", str(release.parent / "inputs.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "--ema needs a training run" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_one_line(release, tmp_path, capsys):
+    d = release.parent
+    argv = ["finetune", "--init", str(release), "--train", str(d / "train.jsonl"), "--dev", str(d / "dev.tsv"),
+            "--output", str(tmp_path / "ft"), "--steps", "1", "--batch-size", str(jax.device_count() + 1)]
+    if jax.device_count() == 1:
+        pytest.skip("one device: every batch size splits")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "does not split over" in err and len(err.strip().splitlines()) == 1
