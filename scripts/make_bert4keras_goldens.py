@@ -108,7 +108,8 @@ SENTENCES = (
 
 def randomize(model: keras.Model, rng: np.random.Generator) -> None:
     """Seeded random values in every trainable weight: norms around 1, biases and offsets small but non-zero,
-    kernels ~ 1/sqrt(fan_in), embedding tables O(1); the zero-initialised conditional projections too."""
+    kernels ~ 1/sqrt(fan_in), embedding tables and the
+    T5 LM head O(1); the zero-initialised conditional projections too."""
     values = []
     for w in model.trainable_weights:
         shape, name = tuple(w.shape), w.name
@@ -116,6 +117,8 @@ def randomize(model: keras.Model, rng: np.random.Generator) -> None:
             v = (1.0 + 0.2 * rng.standard_normal(shape)) if "gamma" in name else 0.2 * rng.standard_normal(shape)
         elif "embeddings" in name:
             v = 0.7 * rng.standard_normal(shape)
+        elif name.startswith("Decoder-Output-LM/"):  # after the d**-0.5 scale: logits of O(1), not near-uniform
+            v = 3.0 * rng.standard_normal(shape)
         else:
             v = rng.standard_normal(shape) / np.sqrt(shape[0])
         values.append((w, v.astype(np.float32)))
