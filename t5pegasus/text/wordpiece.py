@@ -3,7 +3,8 @@
 Behaviour (the released T5 PEGASUS / bert4keras one): lower-case + NFD, drop combining marks; cut with jieba
 (HMM off); a jieba word found in the vocab is one token; anything else goes through BERT basic tokenization
 (split on whitespace, punctuation and CJK characters, drop control characters) and greedy longest-match
-WordPiece, where a piece that matches nothing becomes one [UNK] (not the whole word, unlike HF BERT).
+WordPiece, where a word that WordPiece cannot cut all the way becomes one [UNK] (bert4keras 0.10 / 0.11
+`_word_piece_tokenize` returns the whole word, which is not in the vocab; HF BERT does the same).
 
 HF `tokenizers` (Rust) does the basic tokenization + WordPiece for speed. Where it could disagree with the
 reference (a word it maps to [UNK], or characters the two libraries classify differently) the run falls back
@@ -307,8 +308,8 @@ class BertJiebaTokenizer(Tokenizer):
                 if sub in self._vocab:
                     break
                 end -= 1
-            if start == end:
-                end += 1
+            if start == end:  # no piece fits here: the whole word is one unknown token
+                return [word]
             tokens.append(sub)
             start = end
         return tokens
