@@ -1,12 +1,14 @@
-"""The T5 PEGASUS release folder as it is (bert4keras `config.json`, `checkpoint` + `model.ckpt.*`, `vocab.txt`, no
-config of ours) is a model folder for every command: `generate`, `finetune --init`, `evaluate`, `convert` and
-`load_model` read it as T5 PEGASUS (its three switches on, the WordPiece+jieba tokenizer, decoding from [CLS] to
-[SEP]); truncated weight files are one line, exit 2, in every reader."""
+"""The T5 PEGASUS release folder as it is (bert4keras `config.json`, `checkpoint` + `model.ckpt.*`, `vocab.txt`,
+no config of ours; here a tiny one bert4keras 0.11.5 built, tests/golden/t5_pegasus_b4k) is a model folder for
+every command: `generate`, `finetune --init`, `evaluate`, `convert` and `load_model` read it as T5 PEGASUS (its
+three switches on, the WordPiece+jieba tokenizer, decoding from [CLS] to [SEP]) and compute what bert4keras does;
+truncated weight files are one line, exit 2, in every reader."""
 
 import io
 import json
 import random
 import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,43 +18,28 @@ import pytest
 import t5pegasus as tp
 from t5pegasus.cli import main
 from t5pegasus.convert.model_folder import load_model
-from t5pegasus.convert.tf import OUR_CONFIG, load_tf, save_tf
+from t5pegasus.convert.tf import load_tf
 
 pytest.importorskip("tensorflow")
 
-WORDS = ["中国", "人民", "经济", "发展", "北京", "我们", "今天", "天气", "新闻", "记者"]
-
-
-def _vocab() -> list[str]:
-    """A BERT-style vocab.txt: [PAD] 0, [unused*], [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103, then characters,
-    some jieba words and ## pieces (as the 50k T5 PEGASUS vocabulary is laid out)."""
-    chars = sorted(set("".join(WORDS) + "的是在了和有大小上下一个天好年月日说会要"))
-    head = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    return head + chars + WORDS + ["##" + c for c in chars[:10]] + list("abcdefg0123456789，。")
+GOLDEN = Path(__file__).parent / "golden" / "t5_pegasus_b4k"  # built by bert4keras 0.11.5 itself
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    """A tiny release-layout folder written from random weights (then stripped of our own config)."""
+    """The bert4keras-built golden folder in the release's layout (config.json, checkpoint, model.ckpt.*,
+    vocab.txt), copied, with pairs made from its recorded sentences."""
     d = tmp_path_factory.mktemp("release")
-    vocab = _vocab()
-    ids = dict(pad_token_id=0, unk_token_id=100, decoder_start_token_id=101, eos_token_id=102)
-    cfg = tp.T5Config(vocab_size=len(vocab), d_model=16, d_ff=32, num_heads=2, d_kv=8, num_encoder_layers=1,
-                      num_decoder_layers=1, relative_buckets=8, dropout_rate=0.0, feed_forward="gated-gelu-erf",
-                      tie_word_embeddings=False, scale_logits=True, cross_attention_bias=True, **ids)
-    x = jnp.ones((1, 4), jnp.int32)
-    params = tp.models.unbox(tp.models.T5(cfg).init(jax.random.PRNGKey(3), x, x)["params"])
-    (d / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     folder = d / "chinese_t5_pegasus_tiny"
-    save_tf(cfg, params, folder, extra_files={"vocab.txt": d / "vocab.txt"})
-    (folder / OUR_CONFIG).unlink()  # the release ships bert4keras' config.json only
+    shutil.copytree(GOLDEN, folder, ignore=shutil.ignore_patterns("golden.*", "tokenizer.json"))
+    texts = [x["text"] for x in json.loads((GOLDEN / "tokenizer.json").read_text(encoding="utf-8"))["sentences"]]
     rng = random.Random(0)
-    pairs = [("".join(rng.choice(WORDS) for _ in range(rng.randint(3, 6))), rng.choice(WORDS)) for _ in range(12)]
+    pairs = [(t, t[: rng.randint(2, 4)]) for t in texts * 2]
     with open(d / "train.jsonl", "w", encoding="utf-8") as f:
         for src, tgt in pairs:
             f.write(json.dumps({"src": src, "tgt": tgt}, ensure_ascii=False) + "\n")
     (d / "dev.tsv").write_text("".join(f"{t}\t{s}\n" for s, t in pairs[:4]), encoding="utf-8")
-    (d / "inputs.txt").write_text("".join(f"{s}\n" for s, _ in pairs[:3]), encoding="utf-8")
+    (d / "inputs.txt").write_text("".join(f"{s}\n" for s in texts[:3]), encoding="utf-8")
     return folder
 
 
@@ -69,7 +56,7 @@ def _greedy(cfg, params, tok, text: str, max_new: int) -> str:
     return tok.decode([t for t in dec[1:] if t != tok.eos_id])
 
 
-def test_load_model_reads_the_release_as_t5_pegasus(release):
+def test_load_model_reads_the_release_as_bert4keras_built_it(release):
     loaded = load_model(release)
     cfg = loaded.cfg
     assert loaded.kind == "tf" and loaded.tokenizer_kind == "wordpiece"
@@ -77,8 +64,17 @@ def test_load_model_reads_the_release_as_t5_pegasus(release):
     vocab = (release / "vocab.txt").read_text(encoding="utf-8").splitlines()
     assert vocab[cfg.decoder_start_token_id] == "[CLS]" and vocab[cfg.eos_token_id] == "[SEP]"
     assert vocab[cfg.pad_token_id] == "[PAD]"
-    # jieba words of the vocabulary stay whole; other text goes through WordPiece
-    assert [vocab[i] for i in loaded.tokenizer.encode("中国人民")] == ["中国", "人民"]
+    # bert4keras' probabilities on its recorded inputs, through the loader every command uses
+    with np.load(GOLDEN / "golden.npz") as g:
+        enc, dec, probs = g["encoder_ids"], g["decoder_ids"], g["probs"]
+    logits = tp.models.T5(cfg).apply({"params": loaded.params}, jnp.asarray(enc), jnp.asarray(dec))
+    ours = np.asarray(jax.nn.log_softmax(logits, -1), np.float64)
+    ref = np.log(probs.astype(np.float64))
+    centred = lambda x: x - x.mean(-1, keepdims=True)  # noqa: E731
+    assert np.abs(centred(ours) - centred(ref))[dec != 0].max() < 1e-4
+    # bert4keras' tokenizer ids on its recorded sentences
+    for sentence in json.loads((GOLDEN / "tokenizer.json").read_text(encoding="utf-8"))["sentences"]:
+        assert loaded.tokenizer.add_special(loaded.tokenizer.encode(sentence["text"]), 512) == sentence["ids"]
     # a checkpoint given by its prefix is the same model folder
     by_prefix = load_model(release / "model.ckpt")
     assert by_prefix.cfg == cfg and by_prefix.tokenizer_path == loaded.tokenizer_path
