@@ -25,6 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tfds-data-dir", metavar="DIR",
                         help="where a tfds: dataset is prepared (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes making examples (default: every core this process may use); the output "
+                             "is the same for any number")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: only on a terminal)")  # fmt: skip
@@ -32,11 +35,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from t5pegasus.pretrain.examples import ExampleConfig
-    from t5pegasus.pretrain.prepare import prepare_dataset, summary_lines
-    from t5pegasus.text.load import load_tokenizer, tokenizer_spec
+    from t5pegasus.pretrain.prepare import available_cores, prepare_dataset, summary_lines
+    from t5pegasus.text.load import kind_of, load_tokenizer, tokenizer_spec
 
     tok = load_tokenizer(args.tokenizer, kind=args.tokenizer_kind)
-    kind = type(tok).__name__ if args.tokenizer_kind == "auto" else args.tokenizer_kind
+    kind = kind_of(tok)
     config = ExampleConfig(
         task=args.task, max_source_len=args.max_source_len, max_target_len=args.max_target_len,
         max_len=args.max_len, summary_ratio=args.summary_ratio, gap_ratio=args.gap_ratio,
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     stats = prepare_dataset(
         args.inputs, args.output, tok, tokenizer_spec(args.tokenizer, tok, kind), config,
         doc_sep=args.doc_sep, tfds_data_dir=args.tfds_data_dir, overwrite=args.overwrite, progress=args.progress,
+        workers=args.workers or available_cores(),
     )  # fmt: skip
     for line in summary_lines(stats):
         print(line)
