@@ -28,6 +28,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="processes making examples (default: every core this process may use); the output "
                              "is the same for any number")
+    parser.add_argument("--runner", metavar="RUNNER",
+                        help="make the dataset with an Apache Beam pipeline on this runner (DirectRunner, "
+                             "DataflowRunner, FlinkRunner, SparkRunner; needs t5pegasus[beam]) instead of local "
+                             "worker processes; inputs are files, folders or gs://... patterns")
+    parser.add_argument("--pipeline-options", metavar="'--opt=v ...'", default="",
+                        help="Beam pipeline options for --runner, one string after '=' (e.g. "
+                             "--pipeline-options='--project=P --region=R --temp_location=gs://B/tmp')")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: only on a terminal)")  # fmt: skip
@@ -45,11 +52,20 @@ def run(args: argparse.Namespace) -> int:
         max_len=args.max_len, summary_ratio=args.summary_ratio, gap_ratio=args.gap_ratio,
         keep_prob=args.keep_prob, min_sentences=args.min_sentences, seed=args.seed,
     )  # fmt: skip
-    stats = prepare_dataset(
-        args.inputs, args.output, tok, tokenizer_spec(args.tokenizer, tok, kind), config,
-        doc_sep=args.doc_sep, tfds_data_dir=args.tfds_data_dir, overwrite=args.overwrite, progress=args.progress,
-        workers=args.workers or available_cores(),
-    )  # fmt: skip
+    info = tokenizer_spec(args.tokenizer, tok, kind)
+    if args.runner:
+        import shlex
+
+        from t5pegasus.pretrain.beam_prepare import prepare_with_beam
+
+        stats = prepare_with_beam(args.inputs, args.output, info, config, runner=args.runner,
+                                  beam_args=shlex.split(args.pipeline_options), doc_sep=args.doc_sep,
+                                  overwrite=args.overwrite)
+    else:
+        stats = prepare_dataset(
+            args.inputs, args.output, tok, info, config, doc_sep=args.doc_sep, tfds_data_dir=args.tfds_data_dir,
+            overwrite=args.overwrite, progress=args.progress, workers=args.workers or available_cores(),
+        )  # fmt: skip
     for line in summary_lines(stats):
         print(line)
     print(f"wrote {args.output}")
