@@ -254,6 +254,8 @@ def test_pretrain_from_mt5_with_a_new_vocab_and_resume(world, tmp_path, capsys, 
 def test_pretrain_init_refusals_and_print_config(world, tmp_path, capsys):
     assert main(pretrain_args(world, tmp_path, 2, **{"model.preset": "tiny"})) == 2
     assert "drop model.preset" in capsys.readouterr().err
+    assert main(pretrain_args(world, tmp_path, 2, **{"data.vocab": str(tmp_path / "missing.txt")})) == 2
+    assert "missing.txt not found" in capsys.readouterr().err
     assert main([*pretrain_args(world, tmp_path, 2), "--print-config"]) == 0
     printed = capsys.readouterr().out
     assert "init: " in printed and "vocab_size: 128" in printed and "decoder_start_token_id: 101" in printed
@@ -268,3 +270,52 @@ def test_pretrain_init_refusals_and_print_config(world, tmp_path, capsys):
 
     with pytest.raises(tp.errors.UserError, match="resolve it first"):
         runconfig.load(None, [f"model.init={world['hf']}"])
+
+
+def _random_params(cfg, seed):
+    init = rv._init_fn(cfg)
+    params = tp.models.unbox(init(jax.random.PRNGKey(seed)))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: np.asarray(rng.normal(size=x.shape), np.float32), params)  # biases non-zero too
+
+
+def test_bert_wordpiece_to_wordpiece_moves_the_mlm_bias():
+    """A BERT (tied MLM head with its own bias) from one vocab.txt to another: rows and bias entries alike, its
+    special fields ([CLS] [SEP] [MASK] at other ids) from the old ones, a ## continuation from the ## piece."""
+    old_tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "经", "济", "经济", "发", "展", "##data", "data"]
+    new_tokens = list(BERT_HEAD) + ["经济", "发展", "##data", "data", "datadata"]
+    old, new = BertJiebaTokenizer(old_tokens), BertJiebaTokenizer(new_tokens)
+    cfg = tp.BertConfig.preset("tiny", vocab_size=len(old_tokens), with_mlm=True)
+    params = _random_params(cfg, 5)
+    result = rv.revocab(cfg, params, old, new)
+    assert (result.cfg.vocab_size, result.cfg.cls_token_id, result.cfg.sep_token_id, result.cfg.mask_token_id,
+            result.cfg.unk_token_id) == (len(new_tokens), 101, 102, 103, 100)
+    emb, bias = np.asarray(result.params["word_embeddings"]["embedding"]), np.asarray(result.params["mlm_bias"])
+    old_emb, old_bias = params["word_embeddings"]["embedding"], params["mlm_bias"]
+    n = len(BERT_HEAD)
+    expect = {0: [0], 100: [1], 101: [2], 102: [3], 103: [4], n: [7], n + 2: [10], n + 3: [11],
+              n + 1: [8, 9],  # 发展: no old token, jieba + WordPiece cut it into 发 展
+              n + 4: [11, 10]}  # datadata: data ##data
+    for i, src in expect.items():
+        np.testing.assert_allclose(emb[i], old_emb[src].mean(0), rtol=0, atol=1e-7, err_msg=new_tokens[i])
+        np.testing.assert_allclose(bias[i], old_bias[src].mean(), rtol=0, atol=1e-7, err_msg=new_tokens[i])
+    assert result.report.counts == {"special": 5, "copied": 3, "averaged": 2, "random": 99, "padding": 0}
+    assert np.all(bias[1:100] == 0)  # the bias's own init (zeros) for [unusedN]
+
+
+def test_gpt_to_a_sentencepiece_vocabulary(world):
+    """A GPT from a WordPiece vocab to the sentencepiece model: ▁x pieces from word tokens, bare ones from ##."""
+    old_tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "data", "##data", "model"]
+    old = BertJiebaTokenizer(old_tokens)
+    cfg = tp.GPTConfig.preset("tiny", vocab_size=len(old_tokens), pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    params = _random_params(cfg, 6)
+    sp = world["sp"]
+    result = rv.revocab(cfg, params, old, sp)
+    assert (result.cfg.pad_token_id, result.cfg.eos_token_id, result.cfg.bos_token_id) == (0, 1, 1)
+    emb, old_emb = np.asarray(result.params["token_embeddings"]["embedding"]), params["token_embeddings"]["embedding"]
+    piece = sp.sp.piece_to_id
+    np.testing.assert_array_equal(emb[piece(BOUNDARY + "data")], old_emb[4])
+    np.testing.assert_array_equal(emb[piece("data")], old_emb[5])
+    np.testing.assert_array_equal(emb[piece(BOUNDARY + "model")], old_emb[6])
+    np.testing.assert_array_equal(emb[0], old_emb[0])  # pad
+    np.testing.assert_array_equal(emb[1], old_emb[3])  # </s> is eos, the first field of its row ([SEP])

@@ -30,6 +30,8 @@ def _model_section(cfg: Any) -> dict[str, Any]:
 def same_file(a: str | Path, b: str | Path) -> bool:
     """Whether two tokenizer files hold the same bytes (the same vocabulary under two names)."""
     a, b = Path(a), Path(b)
+    if not a.is_file():
+        raise UserError(f"data.vocab {a} not found (give a vocab.txt or a sentencepiece .model)")
     return a.resolve() == b.resolve() or (a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes())
 
 
