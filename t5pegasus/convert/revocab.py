@@ -11,16 +11,17 @@ Each row of the new vocabulary is one of:
 - averaged: any other token gets the mean of the rows of the pieces the old tokenizer cuts its text into (a
   piece repeated counts twice; unknown pieces are left out);
 - random: a token of which the old tokenizer knows nothing but unknown pieces, and a reserved token
-  ([unusedN], BERT's [MASK] for a T5, a sentencepiece control piece) that the old tokenizer lacks: the model's
-  own initialisation with the given seed (`fold_in(PRNGKey(seed), 0)`, the key a fresh run of that seed
-  initialises with), so it is exactly the row a from-scratch model would have;
+  ([unusedN], [MASK] for a T5, which has no mask field, a sentencepiece control piece) that the old tokenizer
+  lacks: the model's own initialisation with the given seed (`fold_in(PRNGKey(seed), 0)`, the key a fresh run
+  of that seed initialises with), so it is exactly the row a from-scratch model would have;
 - padding: rows past the new tokenizer's size (when the vocabulary is rounded up): random too.
 
 Where in a word a token stands decides which old piece is "the same token". A WordPiece `##x` continues a word;
-a sentencepiece `▁x` starts one and a bare `x` continues one. A token that starts with a CJK ideograph or a
-full-width form is "glued": Chinese runs without spaces, so mT5's sentencepiece sees a word inside a sentence
-as a bare piece (`我们`) and puts `▁` only after a space or at the start of a text; cutting "我们" as a text of
-its own gives `['▁', '我们']`. So, per old tokenizer:
+a sentencepiece `▁x` starts one and a bare `x` continues one. A WordPiece token without `##` or a bare
+sentencepiece piece that starts with a CJK ideograph or a full-width form is "glued": Chinese runs without
+spaces, so mT5's sentencepiece sees a word inside a sentence as a bare piece (`我们`) and puts `▁` only after a
+space or at the start of a text; cutting "我们" as a text of its own gives `['▁', '我们']`. So, per old
+tokenizer:
 
 | new token | sentencepiece (mT5) | CPM sentencepiece | WordPiece |
 |---|---|---|---|
@@ -32,8 +33,8 @@ A token the old tokenizer lacks is cut in the same place: a word start by the ol
 (sentencepiece's dummy `▁` prefix; a lone `▁` piece is dropped, it carries none of the token's text; CPM's
 jieba pass; WordPiece's jieba and basic tokenization), a continuation or a glued token by sentencepiece with
 the dummy prefix off (CPM: glued tokens are words, as its jieba-cut text has them), and a WordPiece
-continuation by WordPiece with every piece a `##` piece. The old model's normalisation applies (mT5 folds
-full-width `，` into `,`: the new `，` starts as mT5's `,`).
+continuation by WordPiece with every piece a `##` piece. The old model's normalisation applies (an NFKC
+sentencepiece model such as mT5's folds the full-width `，` into `,`: the new `，` starts as its `,`).
 
 Which parameters have a vocabulary axis is read from the model's own logical axis names ("vocab"), so T5's
 `shared` table and untied `lm_head`, BERT's word embeddings and MLM bias and GPT's token embeddings all follow
