@@ -319,3 +319,19 @@ def test_gpt_to_a_sentencepiece_vocabulary(world):
     np.testing.assert_array_equal(emb[piece(BOUNDARY + "model")], old_emb[6])
     np.testing.assert_array_equal(emb[0], old_emb[0])  # pad
     np.testing.assert_array_equal(emb[1], old_emb[3])  # </s> is eos, the first field of its row ([SEP])
+
+
+def test_cpm_sentencepiece_treats_cjk_tokens_as_words(world, tmp_path):
+    """CPM's sentencepiece is trained on jieba-cut, space-joined text: its Chinese words start with ▁, so a
+    CJK token matches `▁x` first and is cut as a word (CPM's jieba pass, the lone ▁ pieces dropped)."""
+    docs = generated_documents(150, seed=1)
+    train_sentencepiece(docs, tmp_path / "cpm.model", 90, cpm=True, model_type="bpe", character_coverage=1.0)
+    cpm = SentencePieceTokenizer(tmp_path / "cpm.model", cpm=True)
+    view = rv._old_view(cpm)
+    piece = cpm.sp.piece_to_id
+    assert piece(BOUNDARY + "我们") != cpm.unk_id and view.lookup("我们", "glued") == piece(BOUNDARY + "我们")
+    assert piece("市场") != cpm.unk_id and view.lookup("市场", "glued") == piece("市场")  # else the bare one
+    # "经济发展" is no piece: CPM's jieba cuts it into words, ▁发展 is one of its pieces, the lone ▁ dropped
+    assert cpm.tokenize("经济发展") == [BOUNDARY, "经", "济", BOUNDARY + "发展"]
+    assert view.cut("经济发展", "glued") == [piece("经"), piece("济"), piece(BOUNDARY + "发展")]
+    assert view.cut("发展", "continuation") == [piece("发"), piece("展")]  # inside a word: bare pieces
