@@ -141,7 +141,7 @@ class RunConfig:
     name: str
     output_dir: str
     seed: int
-    model: dict[str, Any]  # {family: t5, preset: NAME, <field>: value, ...}
+    model: dict[str, Any]  # {family: t5, preset: NAME, <field>: value, ...}; or {init: DIR, family, <every field>}
     data: DataConfig
     objective: ObjectiveConfig
     optim: OptimConfig
@@ -176,6 +176,10 @@ class RunConfig:
     def model_config(self, **fixed: Any) -> Any:
         """The model config: family preset + overrides + `fixed` (vocab size and special ids from the data)."""
         values = dict(self.model)
+        if "init" in values and "family" not in values:
+            raise UserError(f"model.init={values['init']}: the model section comes from that folder; resolve it "
+                            f"first (t5pegasus.convert.init_from.resolve_init, as `t5pegasus pretrain` does)")
+        values.pop("init", None)  # the folder the weights came from (recorded; the fields beside it are the config)
         values.pop("family", None)
         preset = values.pop("preset", None)
         cls = self.family.config
@@ -337,9 +341,18 @@ def read_yaml(source: str | None) -> dict[str, Any]:
     return values
 
 
+def load_values(source: str | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Preset/file + overrides as one nested dict, not yet validated. A `model.init` override replaces the file's
+    model section (the model comes from that folder; model.* overrides beside it still apply)."""
+    base, extra = read_yaml(source), parse_overrides(overrides or [])
+    if isinstance(extra.get("model"), dict) and "init" in extra["model"]:
+        base.pop("model", None)
+    return merge(base, extra)
+
+
 def load(source: str | None, overrides: list[str] | None = None) -> RunConfig:
     """Preset/file + overrides -> validated RunConfig."""
-    return from_dict(merge(read_yaml(source), parse_overrides(overrides or [])))
+    return from_dict(load_values(source, overrides))
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
