@@ -10,7 +10,7 @@ bias). Its erf GELU is HF's `gated-gelu_python`, and the export folds its d_mode
 
     AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)
 
-Works with transformers 5 and 4 (4.45 and later: `EncoderDecoderCache`). Written by the t5pegasus project;
+Works with transformers 5 and 4. Written by the t5pegasus project;
 self-contained on purpose (it runs where t5pegasus is not installed).
 """
 
@@ -41,11 +41,11 @@ def decoder_offset(kwargs: dict, query_length: int) -> int | torch.Tensor:
     it (the cross-attention of block 0 runs after block 0's self-attention has stored this call's keys)."""
     cache = next((kwargs[k] for k in _CACHE_KWARGS if kwargs.get(k) is not None), None)
     self_cache = getattr(cache, "self_attention_cache", None)
-    if self_cache is not None:
+    if self_cache is not None:  # an EncoderDecoderCache (transformers 5, and 4.45 on)
         return self_cache.get_seq_length(0) - query_length
-    if kwargs.get("cache_position") is not None:
-        return kwargs["cache_position"][0]
-    return 0
+    if kwargs.get("query_length") is not None:  # transformers 4 hands the decoder's length so far to the layer
+        return kwargs["query_length"] - query_length
+    return 0  # no cache: the call holds every position from the first
 
 
 class T5PegasusLayerCrossAttention(MT5LayerCrossAttention):
