@@ -8,13 +8,13 @@ It needs a second Python with transformers<5 and torch, e.g. (reusing this envir
     python scripts/check_hf_remote_hf4.py --hf4-python /tmp/venv4/bin/python
 
 The script runs in our environment (export a random T5 PEGASUS with a small vocab.txt; our logits on a padded
-batch and on a long one, our greedy and beam tokens, our tokenizer ids), then calls itself under --hf4-python
-with `--side hf4`, which loads the folder with `trust_remote_code=True` and compares. It prints one JSON line per
-check and exits 1 if any fails.
+batch and on a long one, our greedy and beam tokens, our tokenizer ids and decoded text), then calls itself
+under --hf4-python with `--side hf4`, which loads the folder with `trust_remote_code=True` and compares. It
+prints one JSON line per check and exits 1 if any fails.
 
-Seen passing: transformers 4.57.6, and 4.44.2 (its last version without `EncoderDecoderCache`) except beam search
-with early_stopping=True, where 4.44's plain MT5 (no remote code) also differs from transformers 5's: HF changed
-its beam search, the remote code is not involved.
+Seen passing: transformers 4.57.6, and 4.44.2 (T5 still on tuple caches: positions from `query_length`) except
+beam search with early_stopping=True, where 4.44's plain MT5 (no remote code) also differs from transformers
+5's: HF changed its beam search, the remote code is not involved.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def our_side(folder: Path) -> dict:
     tok = BertJiebaTokenizer(folder.parent / "vocab.txt")
     return {"batches": [[src.tolist(), dec.tolist()], [long_src.tolist(), long_dec.tolist()]],
             "logits": [x.tolist() for x in logits], "runs": runs,
-            "texts": {t: tok.add_special(tok.encode(t)) for t in TEXTS}}
+            "texts": {t: tok.add_special(tok.encode(t)) for t in TEXTS},
+            "decoded": {t: tok.decode(tok.encode(t)) for t in TEXTS}}
 
 
 def hf4_side(folder: str, reference: str) -> int:
@@ -119,6 +120,8 @@ def hf4_side(folder: str, reference: str) -> int:
     for text, want in ref["texts"].items():
         got = tok(text)["input_ids"]
         say(f"tokenizer {text!r}", got == want, got=got, want=want)
+        decoded = tok.decode(got, skip_special_tokens=True)
+        say(f"decode {text!r}", decoded == ref["decoded"][text], got=decoded, want=ref["decoded"][text])
     plain = transformers.AutoTokenizer.from_pretrained(folder)
     say("plain tokenizer loads", type(plain).__name__.startswith("BertTokenizer"), cls=type(plain).__name__)
     return 1 if failed else 0

@@ -1,6 +1,7 @@
 """The T5 PEGASUS HF export with remote code: `trust_remote_code=True` loads a model whose logits, greedy and beam
-generations (cached) equal ours, and a tokenizer whose ids equal ours; without remote code the same folder loads
-as HF's plain MT5 / BertTokenizer, and the MT5's logit difference is the one the export reported."""
+generations (cached) equal ours, and a tokenizer whose ids (and decoded text) equal ours; without remote code the
+same folder loads as HF's plain MT5 / BertTokenizer, and the MT5's logit difference is the one the export
+reported."""
 
 import itertools
 import json
@@ -245,6 +246,10 @@ def test_remote_tokenizer_equals_ours_on_a_corpus(tmp_path):
     assert [theirs(text)["input_ids"] for text in held_out] == want
     flat = [i for row in want for i in row]
     assert ours.unk_id in flat and any(len(vocab[i]) > 1 and not vocab[i].startswith(("[", "##")) for i in flat)
+    # Decoding (special tokens skipped) is ours too, on text ids and on random ones (## pieces, [unused] ...).
+    random_ids = np.random.default_rng(0).integers(0, len(vocab), (40, 30)).tolist()
+    for ids in want + random_ids:
+        assert theirs.decode(ids, skip_special_tokens=True) == ours.decode(ids), ids
 
 
 # -- CLI -----------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ self-contained on purpose (it runs where t5pegasus is not installed); its tests 
 """
 
 import logging
+import re
 import unicodedata
 from pathlib import Path
 
@@ -35,6 +36,16 @@ _CJK_RANGES = (
 )  # fmt: skip
 
 
+# Punctuation after which decoding puts no space.
+_CJK_PUNCTUATION = (
+    "\uff02\uff03\uff04\uff05\uff06\uff07\uff08\uff09\uff0a\uff0b\uff0c\uff0d\uff0f\uff1a\uff1b\uff1c\uff1d"
+    "\uff1e\uff20\uff3b\uff3c\uff3d\uff3e\uff3f\uff40\uff5b\uff5c\uff5d\uff5e\uff5f\uff60\uff62\uff63\uff64"
+    "\u3000\u3001\u3003\u3008\u3009\u300a\u300b\u300c\u300d\u300e\u300f\u3010\u3011\u3014\u3015\u3016\u3017"
+    "\u3018\u3019\u301a\u301b\u301c\u301d\u301e\u301f\u3030\u303e\u303f\u2013\u2014\u2018\u2019\u201b\u201c"
+    "\u201d\u201e\u201f\u2026\u2027\ufe4f\ufe51\ufe54\u00b7\uff01\uff1f\uff61\u3002"
+)
+
+
 def _is_cjk(ch):
     code = ord(ch)
     return any(lo <= code <= hi for lo, hi in _CJK_RANGES)
@@ -44,6 +55,11 @@ def _is_punctuation(ch):
     code = ord(ch)
     return (33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126
             or unicodedata.category(ch).startswith("P"))
+
+
+def _glued(ch):
+    """Written without spaces around it: CJK ideographs and full-width forms."""
+    return _is_cjk(ch) or unicodedata.east_asian_width(ch) in ("F", "W")
 
 
 def _normalize(text):
@@ -72,8 +88,11 @@ def _basic_words(text):
 class T5PegasusTokenizer(PythonBertTokenizer):
     """HF's Python BertTokenizer with T5 PEGASUS's jieba cut and WordPiece (see the module docstring)."""
 
+    model_input_names = ["input_ids", "attention_mask"]  # a seq2seq model's inputs: no token_type_ids
+
     def __init__(self, vocab_file, *args, word_maxlen=200, **kwargs):
         kwargs.setdefault("split_special_tokens", True)
+        kwargs.setdefault("clean_up_tokenization_spaces", False)  # convert_tokens_to_string spaces as t5pegasus
         super().__init__(vocab_file, *args, **kwargs)
         # The vocab as t5pegasus reads it: str.splitlines, and the first of duplicated tokens wins.
         tokens = [t.rstrip("\r") for t in Path(vocab_file).read_text(encoding="utf-8").splitlines()]
@@ -113,3 +132,26 @@ class T5PegasusTokenizer(PythonBertTokenizer):
             pieces.append(piece)
             start = end
         return pieces
+
+    def convert_tokens_to_string(self, tokens):
+        """Tokens -> text as t5pegasus decodes: bracketed tokens dropped, CJK and ## pieces glued, words spaced,
+        no space after CJK punctuation."""
+        tokens = [t for t in tokens if not (t and t[0] == "[" and t[-1] == "]")]
+        text = ""
+        for i, token in enumerate(tokens):
+            if token[:2] == "##":
+                text += token[2:]
+            elif len(token) == 1 and _glued(token):
+                text += token
+            elif len(token) == 1 and _is_punctuation(token):
+                text += token + " "
+            elif i > 0 and text and _glued(text[-1]):
+                text += token
+            else:
+                text += " " + token
+        text = re.sub(" +", " ", text)
+        text = re.sub("' (re|m|s|t|ve|d|ll) ", "'\\1 ", text)
+        punct = "|".join(re.escape(p) for p in _CJK_PUNCTUATION + "+-/={(<[")
+        text = re.sub(f"({punct}) ", "\\1", text)
+        text = re.sub(r"(\d\.) (\d)", "\\1\\2", text)
+        return text.strip()
