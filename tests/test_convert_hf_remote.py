@@ -215,6 +215,7 @@ def test_remote_tokenizer_gives_our_ids_and_plain_one_still_loads(tmp_path):
         ours.bos_id, ours.eos_id, ours.pad_id, ours.unk_id)
     for text in TEXTS:
         assert theirs(text)["input_ids"] == ours.add_special(ours.encode(text)), text
+    assert set(theirs(TEXTS[0])) == {"input_ids", "attention_mask"}  # what the seq2seq model takes: no segments
     # The cases the test is about do occur: a word kept whole, a partly matched word, unknown characters.
     ids = ours.encode(" ".join(TEXTS))
     vocab = ours.tokens
@@ -225,6 +226,7 @@ def test_remote_tokenizer_gives_our_ids_and_plain_one_still_loads(tmp_path):
     assert type(plain).__name__ in ("BertTokenizer", "BertTokenizerFast")
     plain_ids = [plain(text)["input_ids"] for text in TEXTS]
     assert all(0 <= i < size for row in plain_ids for i in row)
+    assert set(plain(TEXTS[0])) == {"input_ids", "attention_mask"}
     assert plain_ids[0] != ours.add_special(ours.encode(TEXTS[0]))
 
 

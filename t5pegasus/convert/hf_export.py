@@ -99,18 +99,22 @@ def save_hf(cfg: ConfigBase, params: Any, folder: str | os.PathLike, *, allow_lo
                 raise UserError(f"{source} (to be saved as {name}) is not a file")
             shutil.copyfile(source, tmp / name)
         if "vocab.txt" in extra and "tokenizer_config.json" not in extra:
-            (tmp / "tokenizer_config.json").write_text(json.dumps(_wordpiece_tokenizer_config(cfg), indent=2) + "\n")
+            tokenizer_config = _wordpiece_tokenizer_config(cfg, hf_config)
+            (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
             shutil.copyfile(REMOTE_CODE / f"{_REMOTE_TOKENIZER[0]}.py", tmp / f"{_REMOTE_TOKENIZER[0]}.py")
     return folder
 
 
-def _wordpiece_tokenizer_config(cfg: Any) -> dict[str, Any]:
+def _wordpiece_tokenizer_config(cfg: Any, hf_config: dict[str, Any]) -> dict[str, Any]:
     """HF tokenizer settings for a WordPiece vocab.txt (T5 PEGASUS, BERT): lower-cased, the usual special
     tokens. With `trust_remote_code=True` it is the T5 PEGASUS tokenizer (`tokenization_t5pegasus.py`: jieba
     words first, our ids); without, HF's BertTokenizer, which does not cut words with jieba, so Chinese comes out
-    as characters (ids stay valid, sequences are longer)."""
+    as characters (ids stay valid, sequences are longer). An encoder-decoder takes no token_type_ids."""
     module, name = _REMOTE_TOKENIZER
-    return {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "tokenize_chinese_chars": True,
-            "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
-            "mask_token": "[MASK]", "model_max_length": int(getattr(cfg, "max_position_embeddings", 512)),
-            "auto_map": {"AutoTokenizer": [f"{module}.{name}", None]}}
+    out = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "tokenize_chinese_chars": True,
+           "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+           "mask_token": "[MASK]", "model_max_length": int(getattr(cfg, "max_position_embeddings", 512)),
+           "auto_map": {"AutoTokenizer": [f"{module}.{name}", None]}}
+    if hf_config.get("is_encoder_decoder"):
+        out["model_input_names"] = ["input_ids", "attention_mask"]
+    return out

@@ -88,8 +88,6 @@ def _basic_words(text):
 class T5PegasusTokenizer(PythonBertTokenizer):
     """HF's Python BertTokenizer with T5 PEGASUS's jieba cut and WordPiece (see the module docstring)."""
 
-    model_input_names = ["input_ids", "attention_mask"]  # a seq2seq model's inputs: no token_type_ids
-
     def __init__(self, vocab_file, *args, word_maxlen=200, **kwargs):
         kwargs.setdefault("split_special_tokens", True)
         kwargs.setdefault("clean_up_tokenization_spaces", False)  # convert_tokens_to_string spaces as t5pegasus
