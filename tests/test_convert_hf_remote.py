@@ -51,8 +51,9 @@ def our_logits(cfg, params, enc, dec):
                                               jnp.asarray(dec, jnp.int32)))
 
 
-def test_export_needs_no_allow_lossy_and_remote_code_computes_our_logits(tmp_path):
-    cfg, params = pegasus_model(seed=4, num_decoder_layers=3)
+@pytest.mark.parametrize("tied", [False, True])  # tied: still MT5 (the head, scaled, is written untied)
+def test_export_needs_no_allow_lossy_and_remote_code_computes_our_logits(tmp_path, tied):
+    cfg, params = pegasus_model(seed=4, num_decoder_layers=3, tie_word_embeddings=tied)
     said = []
     tp.convert.save_hf(cfg, params, tmp_path / "hf", report=said.append)
     folder = tmp_path / "hf"
