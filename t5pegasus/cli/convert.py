@@ -24,8 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="dtype of the written weights (float32)")
     parser.add_argument("--allow-lossy", action="store_true",
-                        help="export even what the format cannot express exactly (T5 PEGASUS cross-attention "
-                             "bias to HF); the logit difference is printed")
+                        help="export even what the format cannot express (non-default attention switches such "
+                             "as RoPE or RealFormer to HF), and say what was dropped")
     parser.add_argument("--force", action="store_true", help="replace DST if it exists")
     parser.add_argument("--tokenizer", help="tokenizer file to ship with an HF or TF export (vocab.txt or *.model); "
                                             "a run's own tokenizer is shipped by default")

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if last is not None:
         lines += [
             f"  export:         t5pegasus convert {d} {d}-tf --to tf   (the T5 PEGASUS release format; --to hf "
-            f"for HF transformers, with --allow-lossy for T5 PEGASUS switches; --ema for averaged weights)",
+            f"for HF transformers, T5 PEGASUS loaded with trust_remote_code=True; --ema for averaged weights)",
             f"  generate:       echo '<text>' | t5pegasus generate --model {d}",
             f"  fine-tune:      t5pegasus finetune --init {d} --train TRAIN.jsonl --dev DEV.jsonl",
         ]
