@@ -180,7 +180,7 @@ CHARS = list("中国人民北京我们的是在经济发展有和了天安门爱
 TEXTS = [
     "我爱北京天安门",  # 北京 kept whole; 天安门 is no vocab word: its characters
     "中国人民喜欢经济发展。",
-    "Hello, WORLDs! héllo worldx",  # lower-cased, accent dropped; worldx: wor ##ld then one [UNK] piece (HF: one [UNK])
+    "Hello, WORLDs! héllo worldx",  # lower-cased, accent dropped; worlds: wor ##ld ##s; worldx: one [UNK] (bert4keras)
     "新华社北京１月１日电（记者）",  # full-width digits and brackets: out-of-vocab characters
     "人民日报１９９８年，我们是在发展的",
     "  空格\t和\n换行 ",
@@ -217,11 +217,12 @@ def test_remote_tokenizer_gives_our_ids_and_plain_one_still_loads(tmp_path):
     for text in TEXTS:
         assert theirs(text)["input_ids"] == ours.add_special(ours.encode(text)), text
     assert set(theirs(TEXTS[0])) == {"input_ids", "attention_mask"}  # what the seq2seq model takes: no segments
-    # The cases the test is about do occur: a word kept whole, a partly matched word, unknown characters.
+    # The cases the test is about do occur: a word kept whole, a word cut in pieces, unknown words.
     ids = ours.encode(" ".join(TEXTS))
     vocab = ours.tokens
     assert {vocab.index(w) for w in ("北京", "人民", "经济", "wor", "##ld")} <= set(ids) and ours.unk_id in ids
-    assert ours.encode("worldx") == [vocab.index("wor"), vocab.index("##ld"), ours.unk_id]
+    assert ours.encode("worlds") == [vocab.index("wor"), vocab.index("##ld"), vocab.index("##s")]
+    assert ours.encode("worldx") == [ours.unk_id]  # no piece fits "x": the whole word is unknown, as in bert4keras
     # Without remote code: HF's own BertTokenizer (characters, whole-word [UNK]): valid ids, not ours.
     plain = transformers.AutoTokenizer.from_pretrained(folder)
     assert type(plain).__name__ in ("BertTokenizer", "BertTokenizerFast")

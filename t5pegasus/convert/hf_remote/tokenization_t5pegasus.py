@@ -7,9 +7,8 @@ t5pegasus's `BertJiebaTokenizer` (the released T5 PEGASUS / bert4keras behaviour
 - lower-case, NFD, combining marks dropped;
 - jieba cut with the HMM off; a word found in the vocab is one token;
 - any other word: BERT basic tokenization (split on whitespace, punctuation and CJK characters, control
-  characters dropped) and greedy longest-match WordPiece, where a piece that matches nothing is one [UNK]
-  and the rest of the word goes on (HF's BERT makes the whole word [UNK]); a word over 200 characters is one
-  [UNK].
+  characters dropped) and greedy longest-match WordPiece, where a word that cannot be cut all the way is
+  one [UNK] (as bert4keras returns it, and HF's BERT does); a word over 200 characters is one [UNK].
 
     AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
 
@@ -114,7 +113,7 @@ class T5PegasusTokenizer(PythonBertTokenizer):
         return tokens
 
     def _wordpiece(self, word):
-        """Greedy longest-match pieces; a piece that matches nothing is one [UNK]."""
+        """Greedy longest-match pieces; a word with a place no piece fits is one [UNK]."""
         if len(word) > self.word_maxlen:
             return [word]  # its id is [UNK]'s unless the vocab holds the whole word
         pieces, start = [], 0
@@ -126,7 +125,7 @@ class T5PegasusTokenizer(PythonBertTokenizer):
                     break
                 end -= 1
             if end == start:
-                piece, end = self.unk_token, start + 1
+                return [self.unk_token]
             pieces.append(piece)
             start = end
         return pieces
