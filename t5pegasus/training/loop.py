@@ -309,16 +309,18 @@ def _loop(c: _Context, state: TrainState, start: int, result: RunResult, keep_st
         except StopIteration:
             log.message(f"the dataset ran out at step {step}")
             break
-        state, sums = c.step_fn(state, ready.batch, sums)
-        step += 1
-        position = ready.position
-        if step == start + 1:  # the first step compiled: wait for it (no transfer), then time from here on
-            jax.block_until_ready(sums)
-            window.restart()
+        if step == start:  # the first call compiles (lowering reads the constants the step closes over)
+            with _host_reads():
+                state, sums = c.step_fn(state, ready.batch, sums)
+                jax.block_until_ready(sums)
+            window.restart()  # time from here on
         else:
+            state, sums = c.step_fn(state, ready.batch, sums)
             window.steps += 1
             window.tokens += ready.tokens
             window.waited += batches.waited - waited
+        step += 1
+        position = ready.position
         log_now = step % every == 0 or step == cfg.train.steps
         eval_now = bool((c.data.eval is not None or c.eval_hook) and cfg.eval.every
                         and (step % cfg.eval.every == 0 or step == cfg.train.steps))
