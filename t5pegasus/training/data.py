@@ -118,11 +118,14 @@ def prepare(cfg: DataConfig, say: Any = print) -> PreparedData:
     return PreparedData(folder / "train", held, _read_meta(folder / "train"))
 
 
-def loader(path: Path, cfg: DataConfig, *, seed: int, shuffle: bool, max_lengths: dict[str, int]) -> Any:
-    """This process's batch iterator (its share of the global batch)."""
+def loader(path: Path, cfg: DataConfig, *, seed: int, shuffle: bool, max_lengths: dict[str, int],
+           pack: dict[str, int] | None = None) -> Any:
+    """This process's batch iterator (its share of the global batch); `pack` (row lengths by name, {} for the
+    example lengths): packed rows."""
     from t5pegasus.pretrain.loader import make_dataset
 
     n = jax.process_count()
     if cfg.batch_size % n:
         raise UserError(f"data.batch_size {cfg.batch_size} does not split over {n} processes")
-    return make_dataset(path, batch_size=cfg.batch_size // n, seed=seed, shuffle=shuffle, **max_lengths)
+    packed = {} if pack is None else {"pack": True, "pack_lengths": pack or None}
+    return make_dataset(path, batch_size=cfg.batch_size // n, seed=seed, shuffle=shuffle, **max_lengths, **packed)

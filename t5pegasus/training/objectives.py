@@ -1,7 +1,8 @@
 """Objectives: what a batch means to a model. An objective = (model, init from a batch, batch -> loss sums).
 
 The trainer only calls `init` and `loss`; the T5 PEGASUS seq2seq objective, GPT next-token LM and UniLM
-(BERT with a seq2seq mask) plug in by name (`objective.kind` in a run config).
+(BERT with a seq2seq mask) plug in by name (`objective.kind` in a run config). A kind that packs (`data.pack`)
+names the extra fields of a packed batch (segment ids and per-example positions); its model call passes them.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ class Objective:
         args, kwargs = self.call_args(batch, True)
         return self.model.init(rng, *args, **kwargs)["params"]
 
+    def unpacked(self) -> Objective:
+        """The same objective reading unpadded-per-example batches (no packing fields), e.g. for evaluation."""
+        extra = KINDS[self.name].packed if self.name in KINDS else {}
+        return dataclasses.replace(self, fields={f: k for f, k in self.fields.items() if f not in extra})
+
     def logits(self, params: Any, batch: Batch, rng: Array | None = None, deterministic: bool = True) -> Array:
         args, kwargs = self.call_args(batch, deterministic)
         # "features": Performer's random features, redrawn every training step (docs/attention.md).
@@ -57,13 +63,21 @@ class Objective:
                              z_loss=self.z_loss)
 
 
+SEQ2SEQ_PACKED = {"encoder_segment_ids": "source", "encoder_positions": "source", "decoder_segment_ids": "target",
+                  "decoder_positions": "target"}
+LM_PACKED = {"segment_ids": "length", "positions": "length"}
+
+
 def _seq2seq_args(batch: Batch, deterministic: bool) -> tuple[tuple, dict[str, Any]]:
     mask = batch["encoder_mask"].astype(bool) if "encoder_mask" in batch else None
-    return (batch["encoder_ids"], batch["decoder_ids"]), {"encoder_mask": mask, "deterministic": deterministic}
+    packed = {f: batch[f] for f in SEQ2SEQ_PACKED if f in batch}
+    return (batch["encoder_ids"], batch["decoder_ids"]), {"encoder_mask": mask, "deterministic": deterministic,
+                                                          **packed}
 
 
 def _lm_args(batch: Batch, deterministic: bool) -> tuple[tuple, dict[str, Any]]:
-    return (batch["ids"],), {"deterministic": deterministic}
+    packed = {f: batch[f] for f in LM_PACKED if f in batch}
+    return (batch["ids"],), {"deterministic": deterministic, **packed}
 
 
 def _unilm_args(batch: Batch, deterministic: bool) -> tuple[tuple, dict[str, Any]]:
@@ -87,16 +101,32 @@ class ObjectiveKind:
     fields: Mapping[str, str]
     data_tasks: tuple[str, ...]
     check: Callable[[Any], str | None] = lambda model_cfg: None
+    packed: Mapping[str, str] = dataclasses.field(default_factory=dict)  # extra fields of a packed batch
+    no_packing: str = ""  # why this kind does not pack (when `packed` is empty)
 
 
 KINDS: dict[str, ObjectiveKind] = {
     "seq2seq": ObjectiveKind(_seq2seq_args, {"encoder_ids": "source", "encoder_mask": "source",
                                              "decoder_ids": "target", "targets": "target", "weights": "target"},
-                             ("seq2seq", "pegasus")),
-    "lm": ObjectiveKind(_lm_args, {"ids": "length", "targets": "length", "weights": "length"}, ("lm",)),
+                             ("seq2seq", "pegasus"), packed=SEQ2SEQ_PACKED),
+    "lm": ObjectiveKind(_lm_args, {"ids": "length", "targets": "length", "weights": "length"}, ("lm",),
+                        packed=LM_PACKED),
     "unilm": ObjectiveKind(_unilm_args, {"ids": "length", "segment_ids": "length", "targets": "length",
-                                         "weights": "length"}, ("unilm",), _unilm_mask),
+                                         "weights": "length"}, ("unilm",), _unilm_mask,
+                           no_packing="its segment ids are the source/target split that builds the UniLM mask"),
 }
+
+
+def packing_problem(kind: str, model_cfg: Any) -> str | None:
+    """Why `data.pack` cannot train `model_cfg` with objective `kind` (None when it can)."""
+    spec = KINDS[kind]
+    if not spec.packed:
+        return f"data.pack is not available for objective {kind!r}: {spec.no_packing}; set data.pack=false"
+    attention = model_cfg.attention.kind
+    if attention != "softmax":
+        return (f"data.pack needs attention.kind='softmax', not {attention!r}: that kernel takes no per-example "
+                f"mask, so packed examples would attend to each other; set data.pack=false")
+    return None
 
 
 def check_objective(kind: str, model_cfg: Any) -> None:
@@ -113,12 +143,17 @@ def check_objective(kind: str, model_cfg: Any) -> None:
         raise UserError(problem)
 
 
-def make_objective(kind: str, model_cfg: Any, *, label_smoothing: float = 0.0, z_loss: float = 0.0) -> Objective:
-    """The objective `kind` over a model built from `model_cfg` (its family must be trained by the objective)."""
+def make_objective(kind: str, model_cfg: Any, *, label_smoothing: float = 0.0, z_loss: float = 0.0,
+                   packed: bool = False) -> Objective:
+    """The objective `kind` over a model built from `model_cfg` (its family must be trained by the objective);
+    `packed`: it reads packed batches (several examples per row, `data.pack`)."""
     check_objective(kind, model_cfg)
     spec = KINDS[kind]
+    if packed and (problem := packing_problem(kind, model_cfg)):
+        raise UserError(problem)
+    fields = {**spec.fields, **spec.packed} if packed else dict(spec.fields)
     model = families.of(model_cfg).model.load()(model_cfg)
-    return Objective(kind, model, spec.call_args, spec.fields, label_smoothing, z_loss)
+    return Objective(kind, model, spec.call_args, fields, label_smoothing, z_loss)
 
 
 def batch_lengths(batch: Mapping[str, np.ndarray]) -> dict[str, int]:

@@ -67,8 +67,18 @@ class DataConfig:
     max_target_len: int = 64
     max_len: int = 256
     eval_every_nth: int = 50  # every n-th document is held out for evaluation (corpus builds)
-    batch_size: int = 16  # global, over all processes
+    batch_size: int = 16  # global, over all processes (rows, when packed)
     shuffle: bool = True
+    # several examples per row, attention kept within each: true (rows as long as the examples) or the row
+    # lengths, {source: N, target: M} (seq2seq) / {length: N} (lm)
+    pack: bool | dict[str, int] = False
+
+    @property
+    def pack_rows(self) -> dict[str, int] | None:
+        """None when not packing; else the packed row lengths by name ({}: the example lengths)."""
+        if self.pack is False:
+            return None
+        return dict(self.pack) if isinstance(self.pack, dict) else {}
     cache_dir: str = "runs/cache"
 
 
@@ -274,9 +284,28 @@ def _check(cfg: RunConfig) -> None:
         raise UserError("log.progress must be auto, on or off")
     if cfg.checkpoint.every < 1 or cfg.checkpoint.keep < 1:
         raise UserError("checkpoint.every and checkpoint.keep must be at least 1")
+    if cfg.data.pack is not False:
+        _check_pack(cfg)
     # Every model.* key, the family and the preset, checked now (not after the data is prepared): the data only
     # adds the vocabulary size and the special ids.
     cfg.model_config()
+
+
+def _check_pack(cfg: RunConfig) -> None:
+    """data.pack: true, or row lengths by name; an objective or attention kind that cannot pack is refused now."""
+    pack = cfg.data.pack
+    if isinstance(pack, dict):
+        names = ("source", "target", "length")
+        bad = [k for k in pack if k not in names]
+        if bad or not pack:
+            raise UserError(f"data.pack row lengths are named {', '.join(names)}, not {', '.join(map(str, bad))}"
+                            if bad else "data.pack={} names no row lengths; use data.pack=true")
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in pack.values()):
+            raise UserError(f"data.pack row lengths must be positive integers: {pack}")
+    from t5pegasus.training.objectives import KINDS, packing_problem  # imports JAX: only when packing
+
+    if cfg.objective.kind in KINDS and (problem := packing_problem(cfg.objective.kind, cfg.model_config())):
+        raise UserError(problem)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
