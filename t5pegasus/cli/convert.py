@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from t5pegasus.cli.options import add_model_kind_arg
 from t5pegasus.convert.detect import FORMATS, detect, tokenizer_files
-from t5pegasus.convert.model_folder import read_weights
+from t5pegasus.convert.model_folder import as_model_kind, read_weights
 from t5pegasus.errors import UserError
 
 
@@ -29,6 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace DST if it exists")
     parser.add_argument("--tokenizer", help="tokenizer file to ship with an HF or TF export (vocab.txt or *.model); "
                                             "a run's own tokenizer is shipped by default")
+    add_model_kind_arg(parser, "SRC")
     parser.add_argument("--num-heads", type=int, help="attention heads (Megatron shards do not record it)")
     parser.add_argument("--shards", type=int, default=1, help="model-parallel ranks of a Megatron export (1)")
     parser.add_argument("--t5-norm", choices=("rms_norm", "layer_norm"),
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{dst} exists; choose another destination or pass --force to replace it")
     extra = tokenizer_files(src, src_format, args.tokenizer) if args.dst_format in ("hf", "tf") else {}
     cfg, params = read_weights(src, src_format, step=args.step, ema=args.ema, num_heads=args.num_heads)
+    cfg = as_model_kind(cfg, args.model_kind)
     if args.dst_format == "hf":
         from t5pegasus.convert.hf_export import save_hf
 
