@@ -13,8 +13,9 @@ from t5pegasus.cli.options import add_decoding_args, add_model_kind_arg, setting
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", required=True, metavar="DIR",
-                        help="model to start from: a training run (latest checkpoint), a fine-tuned model or a HF "
-                             "transformers folder (t5 / mt5 / gpt2 / bert)")
+                        help="model to start from: a training run (latest checkpoint), a fine-tuned model, a HF "
+                             "transformers folder (t5 / mt5 / gpt2 / bert) or a TF checkpoint folder such as the T5 "
+                             "PEGASUS release")
     parser.add_argument("--train", required=True, metavar="FILE",
                         help='training pairs: JSONL {"src": ..., "tgt": ...} or TSV title<TAB>content; for '
                              '--objective simbert JSONL groups {"text": ..., "synonyms": [...]}')

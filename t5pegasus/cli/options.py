@@ -59,7 +59,8 @@ def add_model_kind_arg(parser: argparse.ArgumentParser, what: str = "the model")
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="a fine-tuned model (<run>/best), a training run (latest checkpoint), a fine-tuning "
-                             "run (its best model) or a HF transformers folder")
+                             "run (its best model), a HF transformers folder or a TF checkpoint folder such as the "
+                             "T5 PEGASUS release")
     parser.add_argument("--ema", action="store_true", help="use a training run's averaged (EMA) weights")
     parser.add_argument("--tokenizer", metavar="FILE", help="tokenizer file (vocab.txt or *.model); default: the "
                                                            "model folder's own")

@@ -28,6 +28,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tfds-data-dir", metavar="DIR",
                         help="where a tfds: dataset is prepared (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes making examples (default: every core this process may use); the output "
+                             "is the same for any number")
+    parser.add_argument("--runner", metavar="RUNNER",
+                        help="make the dataset with an Apache Beam pipeline on this runner (DirectRunner, "
+                             "DataflowRunner, FlinkRunner, SparkRunner; needs t5pegasus[beam]) instead of local "
+                             "worker processes; inputs are files, folders or gs://... patterns")
+    parser.add_argument("--pipeline-options", metavar="'--opt=v ...'", default="",
+                        help="Beam pipeline options for --runner, one string after '=' (e.g. "
+                             "--pipeline-options='--project=P --region=R --temp_location=gs://B/tmp')")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: only on a terminal)")  # fmt: skip
@@ -35,30 +45,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from t5pegasus.pretrain.examples import ExampleConfig
-    from t5pegasus.pretrain.prepare import prepare_dataset, summary_lines
-    from t5pegasus.text.load import load_tokenizer, tokenizer_spec
+    from t5pegasus.pretrain.prepare import available_cores, prepare_dataset, summary_lines
+    from t5pegasus.text.load import kind_of, load_tokenizer, tokenizer_spec
 
     tok = load_tokenizer(args.tokenizer, kind=args.tokenizer_kind)
-    kind = type(tok).__name__ if args.tokenizer_kind == "auto" else args.tokenizer_kind
+    kind = kind_of(tok)
     config = ExampleConfig(
         task=args.task, max_source_len=args.max_source_len, max_target_len=args.max_target_len,
         max_len=args.max_len, summary_ratio=args.summary_ratio, gap_ratio=args.gap_ratio,
         keep_prob=args.keep_prob, min_sentences=args.min_sentences, seed=args.seed,
     )  # fmt: skip
+    info = tokenizer_spec(args.tokenizer, tok, kind)
     if args.task == "simbert":
         from t5pegasus.pretrain.groups import prepare_groups
 
-        stats = prepare_groups(args.inputs, args.output, tok, tokenizer_spec(args.tokenizer, tok, kind), config,
-                               overwrite=args.overwrite)
+        stats = prepare_groups(args.inputs, args.output, tok, info, config, overwrite=args.overwrite)
         print(f"groups read: {stats['groups read']}")
         for key in sorted(k for k in stats if k.startswith("groups dropped")):
             print(f"  {key}: {stats[key]}")
         print(f"examples written: {stats['examples']}\nwrote {args.output}")
         return 0
-    stats = prepare_dataset(
-        args.inputs, args.output, tok, tokenizer_spec(args.tokenizer, tok, kind), config,
-        doc_sep=args.doc_sep, tfds_data_dir=args.tfds_data_dir, overwrite=args.overwrite, progress=args.progress,
-    )  # fmt: skip
+    if args.runner:
+        import shlex
+
+        from t5pegasus.pretrain.beam_prepare import prepare_with_beam
+
+        stats = prepare_with_beam(args.inputs, args.output, info, config, runner=args.runner,
+                                  beam_args=shlex.split(args.pipeline_options), doc_sep=args.doc_sep,
+                                  overwrite=args.overwrite)
+    else:
+        stats = prepare_dataset(
+            args.inputs, args.output, tok, info, config, doc_sep=args.doc_sep, tfds_data_dir=args.tfds_data_dir,
+            overwrite=args.overwrite, progress=args.progress, workers=args.workers or available_cores(),
+        )  # fmt: skip
     for line in summary_lines(stats):
         print(line)
     print(f"wrote {args.output}")

@@ -360,8 +360,7 @@ class MultiHeadAttention(nn.Module):
         if o.kind != "softmax" or o.rerope:
             return False
         call = kernels.Call(platform=jax.default_backend(), dtype=dtype, q_len=1, k_len=1, head_dim=self.head_dim,
-                            has_bias=False, has_mask=True, training=False,
-                            multi_device=jax.sharding.get_abstract_mesh().size > 1)
+                            has_bias=False, has_mask=True, training=False)
         return kernels.resolve_backend(o.backend, call) == "einsum"
 
     def _update_cache(self, k: Array, v: Array, positions: Array | None = None,

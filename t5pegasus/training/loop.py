@@ -80,10 +80,16 @@ class _StopSignals:
             signal.signal(sig, old)
 
 
+def vocab_rows(tokens: int) -> int:
+    """Embedding rows for a tokenizer of `tokens` tokens: rounded up to a multiple of 128, so any tensor split
+    divides them."""
+    return int(math.ceil(tokens / 128) * 128)
+
+
 def _model_fields(cfg: RunConfig, data: Any) -> dict[str, Any]:
-    """Vocab size (rounded up to a multiple of 128, so any tensor split divides it) and the special ids the
-    data's tokenizer fills, by the family's record; fields the run config sets itself are kept."""
-    wanted = {"vocab_size": int(math.ceil(data.vocab_size / 128) * 128), **cfg.family.special_ids(data.special_ids)}
+    """Vocab size (`vocab_rows`) and the special ids the data's tokenizer fills, by the family's record; fields
+    the run config sets itself are kept."""
+    wanted = {"vocab_size": vocab_rows(data.vocab_size), **cfg.family.special_ids(data.special_ids)}
     return {k: v for k, v in wanted.items() if k not in cfg.model}
 
 
@@ -189,6 +195,9 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
             say(f"resuming {run_dir.name} from step {latest} ({run.checkpoints / str(latest)})")
         elif initial_params is not None:
             state = state_from_params(initial_params(), tx, momentum, cfg.seed, abstract, shardings)
+        elif cfg.model.get("init"):
+            raise UserError(f"model.init={cfg.model['init']} names weights to start from, but none were given "
+                            f"(t5pegasus.convert.init_from.resolve_init gives them)")
         else:
             state = init_state(init_params, tx, momentum, cfg.seed, shardings)
         step_fn = jit_train_step(make_train_step(objective, tx, schedule, accumulate=cfg.optim.accumulate,

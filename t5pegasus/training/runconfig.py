@@ -141,7 +141,7 @@ class RunConfig:
     name: str
     output_dir: str
     seed: int
-    model: dict[str, Any]  # {family: t5, preset: NAME, <field>: value, ...}
+    model: dict[str, Any]  # {family: t5, preset: NAME, <field>: value, ...}; or {init: DIR, family, <every field>}
     data: DataConfig
     objective: ObjectiveConfig
     optim: OptimConfig
@@ -176,6 +176,10 @@ class RunConfig:
     def model_config(self, **fixed: Any) -> Any:
         """The model config: family preset + overrides + `fixed` (vocab size and special ids from the data)."""
         values = dict(self.model)
+        if "init" in values and "family" not in values:
+            raise UserError(f"model.init={values['init']}: the model section comes from that folder; resolve it "
+                            f"first (t5pegasus.convert.init_from.resolve_init, as `t5pegasus pretrain` does)")
+        values.pop("init", None)  # the folder the weights came from (recorded; the fields beside it are the config)
         values.pop("family", None)
         preset = values.pop("preset", None)
         cls = self.family.config
@@ -337,10 +341,19 @@ def read_yaml(source: str | None) -> dict[str, Any]:
     return values
 
 
+def load_values(source: str | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Preset/file + overrides as one nested dict, not yet validated. A `model.init` override replaces the file's
+    model section (the model comes from that folder; model.* overrides beside it still apply); an overridden
+    `model.family` or `objective.kind` brings the keys that must agree with it (`follow_overrides`)."""
+    base, extra = read_yaml(source), parse_overrides(overrides or [])
+    if isinstance(extra.get("model"), dict) and "init" in extra["model"]:
+        base.pop("model", None)
+    return merge(follow_overrides(base, extra, default=source is None), extra)
+
+
 def load(source: str | None, overrides: list[str] | None = None) -> RunConfig:
-    """Preset/file + overrides -> validated RunConfig (see `follow_overrides`)."""
-    extra = parse_overrides(overrides or [])
-    return from_dict(merge(follow_overrides(read_yaml(source), extra, default=source is None), extra))
+    """Preset/file + overrides -> validated RunConfig."""
+    return from_dict(load_values(source, overrides))
 
 
 def follow_overrides(base: dict[str, Any], extra: dict[str, Any], *, default: bool = False) -> dict[str, Any]:
@@ -349,8 +362,9 @@ def follow_overrides(base: dict[str, Any], extra: dict[str, Any], *, default: bo
     A new family brings its packaged run preset (`Family.run_config`): the whole run when `base` is the
     default demo, else its model section, objective and data task and lengths. A new objective kind alone
     brings its first data task when the base's cannot feed it. Keys the overrides set win (merged after)."""
-    wanted = (extra.get("model") or {}).get("family")
-    if wanted and wanted != (base.get("model") or {}).get("family", "t5"):
+    model = extra.get("model") if isinstance(extra.get("model"), dict) else {}
+    wanted = model.get("family")
+    if wanted and "init" not in model and wanted != (base.get("model") or {}).get("family", "t5"):
         from t5pegasus import families
 
         run_config = families.get(wanted).run_config
