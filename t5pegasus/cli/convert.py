@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from t5pegasus.cli.options import add_model_kind_arg
 from t5pegasus.convert.detect import FORMATS, detect, tokenizer_files
-from t5pegasus.convert.model_folder import read_weights
+from t5pegasus.convert.model_folder import as_model_kind, read_weights
 from t5pegasus.errors import UserError
 
 
@@ -29,6 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace DST if it exists")
     parser.add_argument("--tokenizer", help="tokenizer file to ship with an HF or TF export (vocab.txt or *.model); "
                                             "a run's own tokenizer is shipped by default")
+    add_model_kind_arg(parser, "SRC")
     parser.add_argument("--vocab", help="give the model this vocabulary (vocab.txt or sentencepiece .model): rows of "
                                         "tokens SRC's tokenizer has are kept, others are the mean of their old "
                                         "pieces' rows (docs/convert.md); shipped as DST's tokenizer")
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{dst} exists; choose another destination or pass --force to replace it")
     extra = tokenizer_files(src, src_format, args.tokenizer) if args.dst_format in ("hf", "tf") else {}
     cfg, params = read_weights(src, src_format, step=args.step, ema=args.ema, num_heads=args.num_heads)
+    cfg = as_model_kind(cfg, args.model_kind)
     if args.vocab:  # --tokenizer is then SRC's own tokenizer, the one the weights were trained with
         from t5pegasus.convert.revocab import revocab_folder
 

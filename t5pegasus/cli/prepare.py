@@ -1,4 +1,5 @@
-"""`t5pegasus prepare`: corpus files/dirs, `peoples-daily` or `tfds:NAME` -> a prepared dataset directory."""
+"""`t5pegasus prepare`: corpus files/dirs, `peoples-daily` or `tfds:NAME` -> a prepared dataset directory;
+`--task simbert`: JSONL files of similar-sentence groups."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import argparse
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+",
-                        help="text files or directories, 'peoples-daily', or tfds:NAME[:SPLIT[:FIELD]]")
+                        help="text files or directories, 'peoples-daily', or tfds:NAME[:SPLIT[:FIELD]]; for "
+                             "--task simbert JSONL files of {\"text\": ..., \"synonyms\": [...]}")
     parser.add_argument("-o", "--output", required=True, help="dataset directory to create")
     parser.add_argument("--tokenizer", required=True, help="vocab.txt (T5 PEGASUS) or sentencepiece .model")
     parser.add_argument("--tokenizer-kind", default="auto", choices=["auto", "wordpiece", "sentencepiece", "cpm"])
-    parser.add_argument("--task", default="seq2seq", choices=["seq2seq", "pegasus", "lm", "unilm"],
-                        help="seq2seq: T5 PEGASUS pseudo-summaries; pegasus: masked gaps")  # fmt: skip
+    parser.add_argument("--task", default="seq2seq", choices=["seq2seq", "pegasus", "lm", "unilm", "simbert"],
+                        help="seq2seq: T5 PEGASUS pseudo-summaries; pegasus: masked gaps; simbert: groups of "
+                             "similar sentences (each cut to the source / target length)")  # fmt: skip
     parser.add_argument("--max-source-len", type=int, default=384)
     parser.add_argument("--max-target-len", type=int, default=128)
     parser.add_argument("--max-len", type=int, default=512, help="LM sequence length")
@@ -53,6 +56,15 @@ def run(args: argparse.Namespace) -> int:
         keep_prob=args.keep_prob, min_sentences=args.min_sentences, seed=args.seed,
     )  # fmt: skip
     info = tokenizer_spec(args.tokenizer, tok, kind)
+    if args.task == "simbert":
+        from t5pegasus.pretrain.groups import prepare_groups
+
+        stats = prepare_groups(args.inputs, args.output, tok, info, config, overwrite=args.overwrite)
+        print(f"groups read: {stats['groups read']}")
+        for key in sorted(k for k in stats if k.startswith("groups dropped")):
+            print(f"  {key}: {stats[key]}")
+        print(f"examples written: {stats['examples']}\nwrote {args.output}")
+        return 0
     if args.runner:
         import shlex
 

@@ -3,8 +3,10 @@
 Order: the global example list is shuffled by `seed` (a fresh permutation each epoch), repeated for
 `num_epochs` (None = forever), then process p of k takes every k-th example (disjoint, together complete).
 Examples become fixed-shape int32 arrays (see docs/data.md), padded per batch, or packed several to a row
-with grain's best-fit packing (segment ids 1, 2, ... per example, positions from 0 per example).
-`BatchIterator.get_state()` is a JSON-able dict; `set_state` resumes at exactly the next batch.
+with grain's best-fit packing (segment ids 1, 2, ... per example, positions from 0 per example). SimBERT
+groups (`t5pegasus.pretrain.groups`) give one pair each, drawn per epoch from the seed, and a batch holds every
+pair in both orders. `BatchIterator.get_state()` is a JSON-able dict; `set_state` resumes at exactly the next
+batch.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from t5pegasus.errors import UserError
+from t5pegasus.pretrain import groups
 from t5pegasus.pretrain.builder import open_source, read_metadata
 
 
@@ -38,6 +41,12 @@ class _Shaper:
         self.has_bos = special["bos"] is not None
         s = max_source_len or cfg["max_source_len"]
         t = max_target_len or cfg["max_target_len"]
+        self.first_pair_id = 0
+        if self.task == "simbert":
+            if special["bos"] is None:
+                raise UserError("SimBERT rows start with [CLS]: the dataset's tokenizer has no bos/[CLS] token")
+            self.cls, self.sep = int(special["bos"]), int(special["eos"])
+            self.cut = (s - 2, t - 1)  # a in [CLS] a [SEP], b in b [SEP]
         if self.task in ("seq2seq", "pegasus"):
             self.lengths = {"encoder_ids": s, "decoder_ids": t, "targets": t}
         elif self.task == "lm":
@@ -55,6 +64,8 @@ class _Shaper:
             else:  # mT5: decoder reads pad t1 .., predicts t1 .. </s>
                 dec, out = np.concatenate([[self.start], tgt[:-1]]).astype(np.int32), tgt
             return {"encoder_ids": np.asarray(ex["source"], np.int32), "decoder_ids": dec, "targets": out}
+        if self.task == "simbert":
+            return {"first": ex["first"][: self.cut[0]], "second": ex["second"][: self.cut[1]]}
         ids = np.asarray(ex["ids"], np.int32)
         if self.task == "lm":
             return {"ids": ids[:-1], "targets": ids[1:]}
@@ -84,6 +95,11 @@ class _Shaper:
         return rows
 
     def batch(self, rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        if self.task == "simbert":
+            out = groups.pair_rows([(r["first"], r["second"]) for r in rows], self.cls, self.sep, self.pad,
+                                   self.lengths["ids"], self.first_pair_id)
+            out.pop("mask")
+            return out
         out = {}
         for name, length in self.lengths.items():
             pad = 0 if name in ("segment_ids", "weights") else self.pad
@@ -164,12 +180,17 @@ def make_dataset(
         raise UserError("batch size must be at least 1")
     meta = read_metadata(path)
     shaper = _Shaper(meta, max_source_len, max_target_len, max_len)
-    if pack and shaper.task == "unilm":
+    if pack and shaper.task in ("unilm", "simbert"):
         raise UserError("packing is not available for UniLM examples (their segment ids are the attention mask)")
+    if shaper.task == "simbert":  # each example (a pair) gives two rows
+        batch_size = groups.pairs_per_batch(batch_size * process_count, process_count)
+        shaper.first_pair_id = process_index * batch_size  # pair ids unique over the global batch
     ds = grain.MapDataset.source(open_source(path))
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
+    if shaper.task == "simbert":  # drawn by the global index: the same pairs whatever the process count
+        ds = ds.random_map(groups.choose_pair, seed=seed)
     ds = ds[process_index::process_count]
     ds = ds.map(shaper).to_iter_dataset()
     if pack:

@@ -123,6 +123,9 @@ def _check_resume(run: RunFolder, cfg: RunConfig, has_checkpoint: bool) -> None:
 
 def _check_data_task(cfg: RunConfig) -> None:
     """A corpus build must make the examples the objective reads (checked before any data is built)."""
+    problem = KINDS[cfg.objective.kind].check_run(cfg)
+    if problem:
+        raise UserError(problem)
     tasks = KINDS[cfg.objective.kind].data_tasks
     if cfg.data.dataset is None and cfg.data.task not in tasks:
         raise UserError(f"objective {cfg.objective.kind!r} reads examples of data.task {' or '.join(tasks)}, not "

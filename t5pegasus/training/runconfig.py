@@ -62,7 +62,7 @@ class DataConfig:
     corpus: str | list[str] = "peoples-daily"  # 'peoples-daily' or text files / dirs (blank-line documents)
     vocab: str | None = None  # vocab.txt / sentencepiece .model; None = build a WordPiece vocab from the corpus
     vocab_size: int = 8000
-    task: str = "seq2seq"  # prepare --task: seq2seq (T5 PEGASUS), pegasus, lm, unilm
+    task: str = "seq2seq"  # prepare --task: seq2seq (T5 PEGASUS), pegasus, lm, unilm, simbert
     max_source_len: int = 256
     max_target_len: int = 64
     max_len: int = 256
@@ -84,7 +84,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    kind: str = "seq2seq"  # seq2seq | lm | unilm
+    kind: str = "seq2seq"  # seq2seq | lm | unilm | simbert
     label_smoothing: float = 0.0
     z_loss: float = 0.0
 
@@ -372,16 +372,52 @@ def read_yaml(source: str | None) -> dict[str, Any]:
 
 def load_values(source: str | None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Preset/file + overrides as one nested dict, not yet validated. A `model.init` override replaces the file's
-    model section (the model comes from that folder; model.* overrides beside it still apply)."""
+    model section (the model comes from that folder; model.* overrides beside it still apply); an overridden
+    `model.family` or `objective.kind` brings the keys that must agree with it (`follow_overrides`)."""
     base, extra = read_yaml(source), parse_overrides(overrides or [])
     if isinstance(extra.get("model"), dict) and "init" in extra["model"]:
         base.pop("model", None)
-    return merge(base, extra)
+    return merge(follow_overrides(base, extra, default=source is None), extra)
 
 
 def load(source: str | None, overrides: list[str] | None = None) -> RunConfig:
     """Preset/file + overrides -> validated RunConfig."""
     return from_dict(load_values(source, overrides))
+
+
+def follow_overrides(base: dict[str, Any], extra: dict[str, Any], *, default: bool = False) -> dict[str, Any]:
+    """The keys that must agree with an overridden `model.family` or `objective.kind`, made to agree.
+
+    A new family brings its packaged run preset (`Family.run_config`): the whole run when `base` is the
+    default demo, else its model section, objective and data task and lengths. A new objective kind alone
+    brings its first data task when the base's cannot feed it. Keys the overrides set win (merged after)."""
+    model = extra.get("model") if isinstance(extra.get("model"), dict) else {}
+    wanted = model.get("family")
+    if wanted and "init" not in model and wanted != (base.get("model") or {}).get("family", "t5"):
+        from t5pegasus import families
+
+        run_config = families.get(wanted).run_config
+        if run_config is None:
+            return {**base, "model": {"family": wanted}}
+        preset = read_yaml(run_config)
+        if default:
+            return preset
+        out = copy.deepcopy(base)
+        out["model"] = preset["model"]
+        out["objective"] = {**(out.get("objective") or {}), "kind": preset["objective"]["kind"]}
+        out["data"] = {**(out.get("data") or {}),
+                       **{k: v for k, v in preset["data"].items() if k in ("task", "max_len", "max_source_len",
+                                                                         "max_target_len")}}
+        return out
+    kind = (extra.get("objective") or {}).get("kind")
+    if kind and "task" not in (extra.get("data") or {}):
+        from t5pegasus.training.objectives import KINDS
+
+        tasks = KINDS[kind].data_tasks if kind in KINDS else ()
+        task = (base.get("data") or {}).get("task", DataConfig.task)
+        if tasks and task not in tasks:
+            return merge(base, {"data": {"task": tasks[0]}})
+    return base
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
