@@ -252,3 +252,33 @@ def test_softmax_and_its_gradient_equal_jax_nn_softmax():
     np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-6)
     second = jax.grad(lambda v: jnp.sum(jax.grad(lambda u: jnp.sum(softmax(u) * cot))(v) ** 2))(x)
     assert np.isfinite(np.asarray(second)).all()
+
+
+def test_causal_models_hand_is_causal_to_the_kernels(monkeypatch):
+    """GPT and the T5 decoder pass causality as `is_causal` (not a dense mask): on a (pretended, interpreted)
+    TPU an unpadded GPT row reaches splash, the T5 decoder's self-attention (relative bias) flash with
+    is_causal and no mask, and both give the CPU einsum path's logits."""
+    import jax.experimental.pallas.tpu as pltpu
+
+    import t5pegasus as tp
+
+    ids = jax.random.randint(jax.random.key(0), (2, 128), 2, 128)
+    gpt = tp.models.GPT(tp.GPTConfig.preset("tiny", max_position_embeddings=128, num_layers=1))
+    t5 = tp.models.T5(tp.T5Config.preset("tiny", num_encoder_layers=1, num_decoder_layers=1))
+    gpt_params = gpt.init(jax.random.key(1), ids)["params"]
+    t5_params = t5.init(jax.random.key(2), ids, ids)["params"]
+    want = (gpt.apply({"params": gpt_params}, ids), t5.apply({"params": t5_params}, ids, ids))
+    calls = []
+    for name, extra in (("flash", {}), ("splash", {"interpret": True})):  # flash: interpreted by the mode below
+        real = kernels.FUSED[name]
+        monkeypatch.setitem(kernels.FUSED, name, lambda *a, _n=name, _f=real, _x=extra, **kw: calls.append(
+            (_n, kw["is_causal"], kw.get("mask") is not None)) or _f(*a, **kw, **_x))
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    gpt_out = gpt.apply({"params": gpt_params}, ids)
+    assert calls == [("splash", True, False)]
+    with pltpu.force_tpu_interpret_mode():
+        t5_out = t5.apply({"params": t5_params}, ids, ids)
+    # encoder (bias + padding mask), decoder self-attention (bias, is_causal), cross-attention (mask)
+    assert calls[1:] == [("flash", False, True), ("flash", True, False), ("flash", False, True)]
+    for g, w in zip((gpt_out, t5_out), want, strict=True):
+        np.testing.assert_allclose(g, w, atol=2e-5, rtol=1e-5)

@@ -253,8 +253,8 @@ def test_packed_run_resumes_exactly(corpus, packed_run, tmp_path):
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--config", "configs/unilm.yaml", "data.pack=true"], "not available for objective 'unilm'"),
-    (["--config", "configs/gpt-lm.yaml", "data.pack=true", "model.attention.kind=linear"],
+    (["--config", "unilm", "data.pack=true"], "not available for objective 'unilm'"),
+    (["--config", "gpt-lm", "data.pack=true", "model.attention.kind=linear"],
      "needs attention.kind='softmax'"),
     (["data.pack={source: 300, tgt: 40}"], "named source, target, length, not tgt"),
     (["data.pack={source: 0}"], "positive integers"),

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import Array
 
-from t5pegasus.attention import causal_mask, combine, key_padding_mask, segment_mask
+from t5pegasus.attention import key_padding_mask, segment_mask
 from t5pegasus.families.gpt import GPTConfig
 from t5pegasus.models.bert import cached_attention_mask, check_cached_decoding
 from t5pegasus.models.layers import (
@@ -94,15 +94,15 @@ class GPT(nn.Module):
             if decode:
                 raise ValueError("packed rows (segment_ids) are for training, not cached decoding")
             offset = 0
-            attn_mask = combine(causal_mask(n), segment_mask(segment_ids, segment_ids))
+            attn_mask = segment_mask(segment_ids, segment_ids)  # and causal: the attention's `causal` flag
         elif decode:
             check_cached_decoding(cfg)
             offset, key_valid, key_count, query_count = DecodeState(name="decode_state")(
                 valid, jnp.zeros_like(ids))
             attn_mask = cached_attention_mask("causal", offset, key_valid, key_count, query_count)
         else:
-            offset = 0
-            attn_mask = causal_mask(n) if mask is None else combine(causal_mask(n), key_padding_mask(valid, n))
+            offset = 0  # causality is the attention's `causal` flag (a fused kernel's is_causal), padding the mask
+            attn_mask = None if mask is None else key_padding_mask(valid, n)
         if positions is None:
             positions = offset + jnp.arange(n)[None, :]
         tokens = Embed(cfg.vocab_size, cfg.hidden_size, stddev=std, name="token_embeddings", **kw)
@@ -110,7 +110,7 @@ class GPT(nn.Module):
         absolute = position_embeddings(cfg, positions, **kw)
         x = x if absolute is None else x + absolute
         x = constrain(nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic), EDGE)
-        scores = initial_scores(cfg, ids.shape[0], n, attn_mask.shape[-1])
+        scores = initial_scores(cfg, ids.shape[0], n, n if attn_mask is None else attn_mask.shape[-1])
         x = run_layers(self, GPTLayer, cfg.num_layers, x, (attn_mask, key_valid, positions), scores,
                        deterministic=deterministic, decode=decode)
         x = LayerNorm(cfg.layer_norm_epsilon, name="final_norm", **kw)(x)

@@ -207,7 +207,9 @@ class MultiHeadAttention(nn.Module):
     `options` (the model's `AttentionConfig`) picks the kernel and the rotary positions; `symmetric` makes
     ReRoPE clip negative distances too (bidirectional attention). Keyword-only inputs: `positions` ([b or 1, q]
     absolute positions of the queries, for RoPE/ReRoPE), `key_valid` ([b, k] non-padding keys, for the
-    linear kinds, which take no dense mask), `causal` (linear kinds), `segment_ids` ([b, q] segment ids of the
+    linear kinds, which take no dense mask), `causal` (future keys are hidden too, on top of `mask`: the linear
+    kinds' flag, the fused softmax kernels' `is_causal`; with `decode=True` the caller's cached mask says it),
+    `segment_ids` ([b, q] segment ids of the
     queries: the UniLM seq2seq mask for linear/performer; with `decode=True` the queries are placed at the
     cache index, so a cached chunk attends to the cache with the UniLM visibility) and `prev_scores`
     (RealFormer: given, the call returns `(out, scores)` with this layer's pre-softmax scores for the next one).
@@ -283,6 +285,13 @@ class MultiHeadAttention(nn.Module):
         q = constrain(q, ("batch", "length", "heads", "kv"))
         k = constrain(k, ("batch", "length", "heads", "kv"))
         v = constrain(v, ("batch", "length", "heads", "kv"))
+        # `causal` (a training call over a whole sequence) adds the causal mask to `mask`: the plain softmax path
+        # hands it to the kernel as `is_causal` (the fused kernels then skip the blocks above the diagonal, and
+        # splash runs when nothing else is masked); the other paths build it into the mask.
+        plain_causal = causal and not decode and not is_cross
+        scored = rotary in ("rerope", "leaky_rerope") or prev_scores is not None  # paths that build their scores
+        if plain_causal and opts.kind == "softmax" and scored:
+            mask = attn.combine(mask, attn.causal_mask(q.shape[1], k.shape[1]))
         if opts.kind != "softmax":
             out = self._efficient(q, k, v, key_valid, causal, is_cross, deterministic, segment_ids, query_offset)
             scores = None
@@ -291,7 +300,8 @@ class MultiHeadAttention(nn.Module):
         elif prev_scores is not None:
             out, scores = attn.residual_attention(q, k, v, prev_scores, bias=bias, mask=mask, scale=self.scale)
         else:
-            out = dot_product_attention(q, k, v, bias=bias, mask=mask, scale=self.scale, backend=opts.backend)
+            out = dot_product_attention(q, k, v, bias=bias, mask=mask, scale=self.scale, is_causal=plain_causal,
+                                        backend=opts.backend)
             scores = None
         out = self._output(out, x.shape[-1], deterministic)
         return out if prev_scores is None else (out, scores)

@@ -115,7 +115,7 @@ class DecoderLayer(nn.Module):
         drop = nn.Dropout(cfg.dropout_rate)
         h, scores = _attend(_attention(cfg, "self_attention"), _norm(cfg, "self_attention_norm")(x), scores, 0,
                             bias=self_bias, mask=self_mask, deterministic=det, decode=self.decode,
-                            positions=positions)
+                            positions=positions, causal=True)
         x = constrain(x + drop(h, deterministic=det), EDGE)
         h, scores = _attend(_attention(cfg, "cross_attention"), _norm(cfg, "cross_attention_norm")(x), scores, 1,
                             memory=encoded, bias=cross_bias, mask=cross_mask, deterministic=det, decode=self.decode)
@@ -186,7 +186,9 @@ class Decoder(nn.Module):
         x = constrain(x, EDGE)
         relpos = _relative_bias(cfg, bidirectional=False)
         self_bias = None if relpos is None else relpos(q_len, k_len, offset)
-        self_mask = causal_mask(q_len, k_len, offset)
+        # Training: causality is the self-attention's `causal` flag (a fused kernel's is_causal); cached decoding
+        # places the queries at the cache offset, so its mask says it.
+        self_mask = causal_mask(q_len, k_len, offset) if decode else None
         if decoder_mask is not None and not decode:
             self_mask = combine(self_mask, key_padding_mask(decoder_mask, q_len))
         cross_bias = None
