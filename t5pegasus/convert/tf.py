@@ -20,6 +20,7 @@ import numpy as np
 from t5pegasus import families, fileio
 from t5pegasus.config import ConfigBase, load_config
 from t5pegasus.convert.checkpoint_files import TensorSource
+from t5pegasus.convert.detect import record_tokenizer
 from t5pegasus.convert.name_map import Entry, from_foreign, names, to_foreign
 from t5pegasus.convert.tf_checkpoint import read_checkpoint, write_checkpoint
 from t5pegasus.errors import UserError
@@ -117,12 +118,13 @@ def _to_arrays(tree: Any, dtype: Any) -> Any:
 
 def save_tf(cfg: ConfigBase, params: Any, folder: str | os.PathLike, *, overwrite: bool = False,
             dtype: str = "float32", t5_norm: str | None = None,
-            extra_files: dict[str, str | os.PathLike] | None = None) -> Path:
+            extra_files: dict[str, str | os.PathLike] | None = None, tokenizer_kind: str | None = None) -> Path:
     """Write `folder` as a TF checkpoint in the original names of `cfg`'s family, atomically.
 
     `t5_norm` picks the T5 norm spelling ("rms_norm": T5 1.1 / mT5 / T5 PEGASUS, "layer_norm": T5 1.0;
     default: by the feed-forward kind). `extra_files` maps names in the folder to files copied there
-    (vocab.txt, spiece.model). An existing folder is replaced only with `overwrite`.
+    (vocab.txt, spiece.model), whose kind `tokenizer_kind` is recorded beside them. An existing folder is
+    replaced only with `overwrite`.
     """
     from t5pegasus.models import unbox
     from t5pegasus.models.layers import unstack_layers
@@ -144,4 +146,5 @@ def save_tf(cfg: ConfigBase, params: Any, folder: str | os.PathLike, *, overwrit
             if not Path(source).is_file():
                 raise UserError(f"{source} (to be saved as {name}) is not a file")
             shutil.copyfile(source, tmp / name)
+        record_tokenizer(tmp, {k: Path(v) for k, v in (extra_files or {}).items()}, tokenizer_kind)
     return folder

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from t5pegasus import families
-from t5pegasus.convert.model_folder import LoadedModel, align_special_ids, load_model, tokenizer_kind
+from t5pegasus.convert.model_folder import LoadedModel, align_special_ids, folder_tokenizer_kind, load_model
 from t5pegasus.decoding import Settings
 from t5pegasus.errors import UserError
 from t5pegasus.finetune.data import LAYOUT, Pair, group_pairs, prepare_pairs, read_training_file
@@ -33,6 +33,7 @@ class FinetuneSpec:
     model_kind: str | None = None  # what the init model is where its folder does not say (BERT: simbert, ...)
     ema: bool = False  # start from the init run's EMA weights
     tokenizer: str | None = None
+    tokenizer_kind: str | None = None  # default: what the init folder records (t5pegasus.text.load.KINDS)
     steps: int = 1000
     batch_size: int = 16
     learning_rate: float = 2e-4
@@ -131,12 +132,13 @@ def _start(spec: FinetuneSpec, out: Path, say: Callable[[str], None]) -> tuple[L
     if run.holds_run(out) and run.latest_step() is not None:
         info = run.info()
         tok_path = run.tokenizer_file(spec.tokenizer)
-        kind = tokenizer_kind(tok_path, info)
+        kind = folder_tokenizer_kind(run, tok_path, "run", given=spec.tokenizer_kind, own=spec.tokenizer is None)
         tok = load_tokenizer(tok_path, kind=kind)
         cfg = align_special_ids(run.model_config(), tok)
         return LoadedModel(cfg, None, tok, tok_path.resolve(), kind, "run", info), True
     say(f"loading {spec.init}{' (EMA weights)' if spec.ema else ''}…")
-    return load_model(spec.init, ema=spec.ema, tokenizer=spec.tokenizer, model_kind=spec.model_kind), False
+    return load_model(spec.init, ema=spec.ema, tokenizer=spec.tokenizer, model_kind=spec.model_kind,
+                      tokenizer_kind=spec.tokenizer_kind), False
 
 
 def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> FinetuneResult:
