@@ -259,8 +259,15 @@ class ConfigBase:
 
     @property
     def position_limit(self) -> int | None:
-        """The most positions a sequence may have (an absolute position table's rows), None when unbounded."""
+        """The most positions a sequence may have (an absolute position table's rows, or their hierarchical
+        extension), None when unbounded. Fine-tuning and generation cap lengths at it."""
         return None
+
+    @property
+    def trained_positions(self) -> int | None:
+        """The positions the model was trained on (the table's rows), None when unbounded: what default lengths
+        fit; longer inputs, up to `position_limit`, must be asked for."""
+        return self.position_limit
 
     def _check(self, condition: bool, message: str) -> None:
         if not condition:
@@ -323,7 +330,7 @@ class StackConfig(ConfigBase):
     num_heads: int = 12
     head_dim: int = 64  # per head; hidden_size need not equal num_heads * head_dim (HF BERT/GPT-2 needs it)
     intermediate_size: int = 3072  # the feed-forward width
-    max_position_embeddings: int = 512  # rows of the learned position table (position_limit)
+    max_position_embeddings: int = 512  # rows of the learned position table (trained_positions)
     hidden_act: str = "gelu-erf"  # one of ACTIVATION_NAMES
     layer_norm_epsilon: float = 1e-12
     dropout_rate: float = 0.1  # embeddings, attention output and feed-forward alike
@@ -337,6 +344,12 @@ class StackConfig(ConfigBase):
 
     @property
     def position_limit(self) -> int | None:
+        """The table's rows; with hierarchical positions their extension, n * n (docs/attention.md)."""
+        n = self.max_position_embeddings
+        return n * n if self.attention.position == "hierarchical" else n
+
+    @property
+    def trained_positions(self) -> int | None:
         return self.max_position_embeddings
 
     def _check_stack(self, *, causal: bool, unilm: bool) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from t5pegasus.cli.options import add_model_kind_arg
+from t5pegasus.cli.options import add_model_kind_arg, add_tokenizer_kind_arg
 from t5pegasus.convert.detect import FORMATS, detect, tokenizer_files
-from t5pegasus.convert.model_folder import as_model_kind, read_weights
+from t5pegasus.convert.model_folder import as_model_kind, folder_tokenizer_kind, read_weights
 from t5pegasus.errors import UserError
+from t5pegasus.training.run_folder import RunFolder
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace DST if it exists")
     parser.add_argument("--tokenizer", help="tokenizer file to ship with an HF or TF export (vocab.txt or *.model); "
                                             "a run's own tokenizer is shipped by default")
+    add_tokenizer_kind_arg(parser)
     add_model_kind_arg(parser, "SRC")
     parser.add_argument("--vocab", help="give the model this vocabulary (vocab.txt or sentencepiece .model): rows of "
                                         "tokens SRC's tokenizer has are kept, others are the mean of their old "
@@ -59,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     if dst.exists() and not args.force:
         raise UserError(f"{dst} exists; choose another destination or pass --force to replace it")
     extra = tokenizer_files(src, src_format, args.tokenizer) if args.dst_format in ("hf", "tf") else {}
+    # the shipped tokenizer's kind, recorded in DST: as SRC records it (a Megatron CPM-LM's .model is cpm)
+    folder = RunFolder(src if src.is_dir() else src.parent)
+    kind = next((folder_tokenizer_kind(folder, path, src_format, given=args.tokenizer_kind, own=args.tokenizer is None)
+                 for path in extra.values()), None)
     cfg, params = read_weights(src, src_format, step=args.step, ema=args.ema, num_heads=args.num_heads)
     cfg = as_model_kind(cfg, args.model_kind)
     if args.vocab:  # --tokenizer is then SRC's own tokenizer, the one the weights were trained with
@@ -67,16 +73,18 @@ def run(args: argparse.Namespace) -> int:
         result = revocab_folder(cfg, params, src, args.vocab, tokenizer=args.tokenizer, seed=args.seed)
         cfg, params = result.cfg, result.params
         extra = tokenizer_files(src, src_format, args.vocab) if args.dst_format in ("hf", "tf") else {}
+        kind = None  # the new vocabulary's kind is its suffix's
         print(result.report.summary())
     if args.dst_format == "hf":
         from t5pegasus.convert.hf_export import save_hf
 
         save_hf(cfg, params, dst, allow_lossy=args.allow_lossy, overwrite=args.force, dtype=args.dtype,
-                extra_files=extra)
+                extra_files=extra, tokenizer_kind=kind)
     elif args.dst_format == "tf":
         from t5pegasus.convert.tf import save_tf
 
-        save_tf(cfg, params, dst, overwrite=args.force, dtype=args.dtype, t5_norm=args.t5_norm, extra_files=extra)
+        save_tf(cfg, params, dst, overwrite=args.force, dtype=args.dtype, t5_norm=args.t5_norm, extra_files=extra,
+                tokenizer_kind=kind)
     else:
         from t5pegasus.convert.megatron import save_megatron
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from t5pegasus.cli.options import add_decoding_args, add_model_kind_arg, settings_from_args
+from t5pegasus.cli.options import add_decoding_args, add_model_kind_arg, add_tokenizer_kind_arg, settings_from_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_model_kind_arg(parser, "the --init model")
     parser.add_argument("--ema", action="store_true", help="start from the init run's EMA weights")
     parser.add_argument("--tokenizer", metavar="FILE", help="tokenizer file (default: the init folder's own)")
+    add_tokenizer_kind_arg(parser)
     parser.add_argument("--steps", type=int, default=1000, help="training steps (1000)")
     parser.add_argument("--batch-size", type=int, default=16, help="global batch size (16)")
     parser.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (2e-4)")
@@ -75,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, max(1, args.min_length))
     spec = FinetuneSpec(
         init=args.init, train=args.train, dev=args.dev, output=output, objective=args.objective,
-        model_kind=args.model_kind, ema=args.ema,
-        tokenizer=args.tokenizer, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+        model_kind=args.model_kind, ema=args.ema, tokenizer=args.tokenizer, tokenizer_kind=args.tokenizer_kind,
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
         warmup_steps=args.warmup, max_source_len=args.max_source_len, max_target_len=args.max_target_len,
         eval_every=args.eval_every, eval_limit=args.eval_limit, eval_batch_size=args.eval_batch_size,
         metric=args.metric, settings=settings, max_new_tokens=args.max_length, seed=args.seed,

@@ -2,7 +2,8 @@
 
 Inputs: a file, or standard input. Plain lines are sources; JSONL lines give theirs in "src"; a TSV line
 title<TAB>content gives its content. On a terminal, stdin is an interactive loop (one line in, the output
-out; Ctrl-D ends). Each output is one line; several returned sequences (--num-return) are tab-separated.
+out; Ctrl-D ends). Each output is one line; several returned sequences (--num-return) are tab-separated. A
+language model (GPT / CPM-LM) takes a few-shot prompt (--prompt-file) put before every input.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_model_args(parser)
     parser.add_argument("--input", metavar="FILE", help="input lines (default: standard input)")
     parser.add_argument("--output", metavar="FILE", help="write the outputs here (default: standard output)")
+    parser.add_argument("--prompt-file", metavar="FILE",
+                        help="a few-shot prompt put before every input, exactly as the file holds it (its line "
+                             "ends too): GPT / CPM-LM language models")
     add_decoding_args(parser, max_length_help="default: the fine-tuned target length, else 64")
 
 
@@ -33,6 +37,24 @@ def _sources(args: argparse.Namespace) -> list[str]:
         return [p.src for p in read_pairs(args.input, need_target=False)]
     numbered = [(i, line.rstrip("\r\n")) for i, line in enumerate(sys.stdin, 1) if line.strip()]
     return [p.src for p in parse_pairs(numbered, "<stdin>", need_target=False)]
+
+
+def _prompt(path: str) -> str:
+    """The few-shot prompt file's text, exactly (a missing, empty or non-UTF-8 file is a UserError)."""
+    from pathlib import Path
+
+    from t5pegasus.errors import UserError
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"prompt file {p} does not exist")
+    try:
+        text = p.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if not text.strip():
+        raise UserError(f"prompt file {p} is empty")
+    return text
 
 
 def _interactive(predictor: Any, settings: Any, seed: int) -> int:
@@ -61,9 +83,10 @@ def run(args: argparse.Namespace) -> int:
     from t5pegasus.cli.options import open_predictor
 
     sources = None
+    prompt = _prompt(args.prompt_file) if args.prompt_file else ""
     if args.input or not sys.stdin.isatty():
         sources = _sources(args)  # read (and check) the inputs before loading the model
-    predictor, settings = open_predictor(args)
+    predictor, settings = open_predictor(args, prompt)
     if sources is None:
         return _interactive(predictor, settings, args.seed)
     batches = predictor.batches(sources, settings, seed=args.seed)

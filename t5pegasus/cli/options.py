@@ -56,6 +56,16 @@ def add_model_kind_arg(parser: argparse.ArgumentParser, what: str = "the model")
                              "SimBERT), unilm = UniLM mask. Folders written from it record it")
 
 
+def add_tokenizer_kind_arg(parser: argparse.ArgumentParser) -> None:
+    from t5pegasus.text.load import KINDS
+
+    parser.add_argument("--tokenizer-kind", choices=KINDS, default=None,
+                        help="how the tokenizer file cuts text: wordpiece (vocab.txt, jieba + WordPiece), "
+                             "sentencepiece, cpm (CPM-LM: jieba + sentencepiece, U+2582/U+2583 for space/newline); "
+                             "default: what the model folder records, cpm for a .model beside Megatron shards, else "
+                             "by the file's suffix")
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="a fine-tuned model (<run>/best), a training run (latest checkpoint), a fine-tuning "
@@ -64,6 +74,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ema", action="store_true", help="use a training run's averaged (EMA) weights")
     parser.add_argument("--tokenizer", metavar="FILE", help="tokenizer file (vocab.txt or *.model); default: the "
                                                            "model folder's own")
+    add_tokenizer_kind_arg(parser)
     add_model_kind_arg(parser)
     parser.add_argument("--max-source-len", type=int, default=None,
                         help="truncate sources to this many tokens (default: what the model was fine-tuned with, "
@@ -71,8 +82,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="inputs decoded together (16)")
 
 
-def open_predictor(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(Predictor, settings) for --model and the decoding options."""
+def open_predictor(args: argparse.Namespace, prompt: str = "") -> tuple[Any, Any]:
+    """(Predictor, settings) for --model and the decoding options; `prompt` goes before every input (a
+    language model's few-shot prompt)."""
     from t5pegasus.convert.model_folder import load_model
     from t5pegasus.finetune.predict import Predictor
 
@@ -80,12 +92,13 @@ def open_predictor(args: argparse.Namespace) -> tuple[Any, Any]:
         from t5pegasus.errors import UserError
 
         raise UserError("--batch-size must be at least 1")
-    loaded = load_model(args.model, ema=args.ema, tokenizer=args.tokenizer, model_kind=args.model_kind)
+    loaded = load_model(args.model, ema=args.ema, tokenizer=args.tokenizer, model_kind=args.model_kind,
+                        tokenizer_kind=args.tokenizer_kind)
     info = loaded.info
     max_source = args.max_source_len or int(info.get("max_source_len", 512))
     settings = settings_from_args(args, int(info.get("max_target_len", 64)))
     predictor = Predictor(loaded.cfg, loaded.params, loaded.tokenizer, max_source_len=max_source,
-                          batch_size=args.batch_size, continuation="objective" not in info)
+                          batch_size=args.batch_size, continuation="objective" not in info, prompt=prompt)
     return predictor, settings
 
 
@@ -116,7 +129,8 @@ def open_encoder(args: argparse.Namespace) -> tuple[Any, Any]:
     from t5pegasus.convert.model_folder import load_model
     from t5pegasus.finetune.similar import SentenceEncoder, simbert_note
 
-    loaded = load_model(args.model, ema=args.ema, tokenizer=args.tokenizer, model_kind=args.model_kind)
+    loaded = load_model(args.model, ema=args.ema, tokenizer=args.tokenizer, model_kind=args.model_kind,
+                        tokenizer_kind=args.tokenizer_kind)
     note = simbert_note(loaded.cfg)
     if note:
         print(f"note: {note}", file=sys.stderr)

@@ -28,6 +28,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tfds-data-dir", metavar="DIR",
                         help="where a tfds: dataset is prepared (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample-alpha", type=float, default=0.0, metavar="A",
+                        help="subword regularisation: cut each document with a segmentation sampled from the "
+                             "sentencepiece unigram lattice at alpha A (reproducible from --seed and the text); "
+                             "0: the best segmentation (default)")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes making examples (default: every core this process may use); the output "
                              "is the same for any number")
@@ -44,16 +48,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from t5pegasus.errors import UserError
     from t5pegasus.pretrain.examples import ExampleConfig
     from t5pegasus.pretrain.prepare import available_cores, prepare_dataset, summary_lines
     from t5pegasus.text.load import kind_of, load_tokenizer, tokenizer_spec
 
     tok = load_tokenizer(args.tokenizer, kind=args.tokenizer_kind)
     kind = kind_of(tok)
+    if args.sample_alpha < 0:
+        raise UserError(f"--sample-alpha must be >= 0, not {args.sample_alpha}")
+    if args.sample_alpha and kind == "wordpiece":
+        raise UserError("--sample-alpha samples sentencepiece segmentations; give a sentencepiece .model "
+                        "(a WordPiece vocab.txt has one segmentation)")
+    if args.sample_alpha and args.task == "simbert":
+        raise UserError("--sample-alpha applies to documents; --task simbert groups are cut as they are")
+    if args.sample_alpha:
+        try:
+            tok.sampler(args.sample_alpha)
+        except ValueError as e:
+            raise UserError(f"--sample-alpha: {args.tokenizer}: {e}") from None
     config = ExampleConfig(
         task=args.task, max_source_len=args.max_source_len, max_target_len=args.max_target_len,
         max_len=args.max_len, summary_ratio=args.summary_ratio, gap_ratio=args.gap_ratio,
-        keep_prob=args.keep_prob, min_sentences=args.min_sentences, seed=args.seed,
+        keep_prob=args.keep_prob, min_sentences=args.min_sentences, seed=args.seed, sample_alpha=args.sample_alpha,
     )  # fmt: skip
     info = tokenizer_spec(args.tokenizer, tok, kind)
     if args.task == "simbert":

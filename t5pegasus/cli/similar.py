@@ -47,10 +47,10 @@ def run(args: argparse.Namespace) -> int:
     if cfg.mask != "unilm" or not cfg.with_mlm:
         raise UserError(f"{args.model} cannot generate: it reads as a BERT with mask={cfg.mask!r}"
                         f"{'' if cfg.with_mlm else ' and no MLM head'}; a SimBERT needs --model-kind simbert")
-    max_new = args.max_length or int(info.get("max_target_len") or min(64, cfg.position_limit // 2))
+    max_new = args.max_length or int(info.get("max_target_len") or min(64, cfg.trained_positions // 2))
     settings = Settings(max_new_tokens=max_new, do_sample=True, num_return_sequences=args.candidates,
                         top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
-    max_source = args.max_source_len or int(info.get("max_source_len") or cfg.position_limit - max_new)
+    max_source = args.max_source_len or int(info.get("max_source_len") or cfg.trained_positions - max_new)
     predictor = Predictor(cfg, loaded.params, loaded.tokenizer, max_source_len=max_source,
                           batch_size=args.batch_size)
     for start in range(0, len(texts), args.batch_size):

@@ -37,6 +37,14 @@ def detect(path: Path) -> str:
     raise UserError(f"{path} is not a model folder: expected {WHAT_A_MODEL_FOLDER_IS}")
 
 
+def record_tokenizer(folder: Path, shipped: dict[str, Path], kind: str | None) -> None:
+    """Record in an export `folder` the kind of the tokenizer file it ships (`tokenizer.txt` naming it, as a
+    run folder does), so every command reading the export cuts text as the model was trained to."""
+    names = [name for name in shipped if name in TOKENIZER_FILES.values()]
+    if kind and names:
+        RunFolder(folder).write_tokenizer_record(names[0], kind)
+
+
 def tokenizer_files(src: Path, src_format: str, tokenizer: str | None = None) -> dict[str, Path]:
     """{name in the export: file} for the tokenizer to ship: `tokenizer` (--tokenizer), else the source's own (a
     run's recorded tokenizer, or a vocab.txt / sentencepiece model in a TF, HF or Megatron folder)."""

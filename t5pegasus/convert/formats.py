@@ -81,6 +81,8 @@ class TFFormat:
     checkpoint's family is detected). `entries(cfg, t5_norm)` is the name map (`t5_norm` picks T5's norm
     spelling; other families ignore it); `check_exportable(cfg)` refuses what the names cannot hold;
     `native_config(cfg)` are the release's own config files; `config_from_native(folder, tensors)` reads them.
+    `also_reads` are other layouts of the family's checkpoints that import reads, each detected by its own root
+    (bert4keras' GPT-2 beside OpenAI's); export writes this one.
     """
 
     label: str
@@ -89,3 +91,4 @@ class TFFormat:
     check_exportable: Callable[[Any], None]
     native_config: Callable[[Any], dict[str, dict[str, Any]]]
     config_from_native: Callable[[Path, TensorSource], ConfigBase]
+    also_reads: tuple[TFFormat, ...] = ()

@@ -18,6 +18,7 @@ import numpy as np
 
 from t5pegasus import families, fileio
 from t5pegasus.config import ConfigBase, nondefault_attention_switches
+from t5pegasus.convert.detect import record_tokenizer
 from t5pegasus.errors import UserError
 
 OUR_CONFIG_KEY = "t5pegasus_config"
@@ -36,7 +37,7 @@ def _plain(params: Any) -> Any:
 
 def save_hf(cfg: ConfigBase, params: Any, folder: str | os.PathLike, *, allow_lossy: bool = False,
             overwrite: bool = False, dtype: str = "float32", extra_files: dict[str, str | os.PathLike] | None = None,
-            report: Callable[[str], None] = print) -> Path:
+            report: Callable[[str], None] = print, tokenizer_kind: str | None = None) -> Path:
     """Write a folder that `transformers.AutoModel*.from_pretrained` loads with no missing or unexpected keys.
 
     What HF's own classes lack but the family's remote code adds (the T5 PEGASUS cross-attention position
@@ -45,7 +46,8 @@ def save_hf(cfg: ConfigBase, params: Any, folder: str | os.PathLike, *, allow_lo
     RoPE or RealFormer) is refused unless `allow_lossy`, and then reported. T5 PEGASUS's logit scale is folded
     into the head and erf GELU maps to `gated-gelu_python`, both exact. `extra_files` maps names in the folder
     to files to copy there (tokenizer files: vocab.txt, spiece.model, ...); a vocab.txt also gets the T5
-    PEGASUS tokenizer as remote code (`tokenization_t5pegasus.py`).
+    PEGASUS tokenizer as remote code (`tokenization_t5pegasus.py`); `tokenizer_kind` is recorded beside the
+    shipped tokenizer (`convert.detect.record_tokenizer`).
     """
     from safetensors.numpy import save_file
 
@@ -98,6 +100,7 @@ def save_hf(cfg: ConfigBase, params: Any, folder: str | os.PathLike, *, allow_lo
             if not Path(source).is_file():
                 raise UserError(f"{source} (to be saved as {name}) is not a file")
             shutil.copyfile(source, tmp / name)
+        record_tokenizer(tmp, {k: Path(v) for k, v in extra.items()}, tokenizer_kind)
         if "vocab.txt" in extra and "tokenizer_config.json" not in extra:
             tokenizer_config = _wordpiece_tokenizer_config(cfg, hf_config)
             (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")

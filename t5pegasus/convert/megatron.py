@@ -11,6 +11,10 @@ naming the iteration), each a torch pickle whose `module` entry is rank r's slic
   bias is added once after the all-reduce, so every rank holds the same bias.
 - `mlp.dense_h_to_4h`: weight and bias split on the output dimension (rows).
 - position embeddings and every LayerNorm: duplicated on each rank (checked equal, one is kept).
+
+The shards hold no tokenizer (`--tokenizer` gives it). A sentencepiece model given with Megatron GPT-2 shards is
+CPM-LM's (`bpe_3w_new/chinese_vocab.model`), so its kind is `cpm` (jieba cut, U+2582 / U+2583 for space /
+newline) unless `--tokenizer-kind` says otherwise; folders converted from them record that kind.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from t5pegasus.families import GPTConfig
 
 SHARD_RE = re.compile(r"mp_rank_(\d+)_model_states\.pt$")
 LATEST = "latest_checkpointed_iteration.txt"
+SENTENCEPIECE_KIND = "cpm"  # the tokenizer kind of a .model beside Megatron shards (see the module doc)
 
 
 def _kind(name: str) -> str:

@@ -18,6 +18,10 @@ A Google-BERT-named checkpoint does not say whether it is a plain BERT, a UniLM 
 SimBERT is read as a BERT); `model_kind` (`--model-kind`) states it once, by the family's `model_kinds`, and the
 folders we write from it record it in their config.
 
+A folder records its tokenizer's kind (wordpiece / sentencepiece / cpm) beside the file (`tokenizer.txt`); the
+kind decides how text is cut (CPM-LM's .model is a sentencepiece model behind a jieba cut and the U+2582 /
+U+2583 space / newline mapping), so every command reads it through `folder_tokenizer_kind`.
+
 The config's special ids are aligned with the tokenizer's ([CLS]/[SEP] for BERT, bos/eos for GPT, ...), since the
 tokenizer decides the ids the data holds and decoding stops at.
 """
@@ -92,12 +96,23 @@ def as_model_kind(cfg: ConfigBase, kind: str | None) -> ConfigBase:
     return cfg.replace(**changes) if changes else cfg
 
 
-def tokenizer_kind(path: Path, info: dict[str, Any]) -> str:
-    """The tokenizer kind a folder recorded, else the one its file suffix implies."""
-    kind = info.get("tokenizer_kind")
-    if kind in ("wordpiece", "sentencepiece", "cpm"):
-        return kind
-    return "sentencepiece" if path.suffix == ".model" else "wordpiece"
+def folder_tokenizer_kind(folder: RunFolder, path: Path, fmt: str, *, given: str | None = None,
+                   own: bool = True) -> str:
+    """The kind of the tokenizer file `path` used with the model folder `folder` of format `fmt`: `given`
+    (--tokenizer-kind), else what the folder records (`tokenizer.txt`, or an older fine-tuned model's
+    finetune.json) when `path` is its `own` tokenizer, else a Megatron checkpoint's sentencepiece model is
+    CPM-LM's (cpm), else the file's suffix (`t5pegasus.text.load.kind_for_file`)."""
+    from t5pegasus.convert.megatron import SENTENCEPIECE_KIND
+    from t5pegasus.text.load import check_kind, kind_for_file
+
+    if given:
+        return check_kind(given)
+    recorded = folder.recorded_tokenizer_kind() if own else None
+    if recorded:
+        return check_kind(recorded)
+    if fmt == "megatron" and path.suffix == ".model":
+        return SENTENCEPIECE_KIND
+    return kind_for_file(path)
 
 
 def align_special_ids(cfg: ConfigBase, tok: Tokenizer) -> ConfigBase:
@@ -112,9 +127,11 @@ def align_special_ids(cfg: ConfigBase, tok: Tokenizer) -> ConfigBase:
 
 
 def load_model(path: str | os.PathLike, *, ema: bool = False, tokenizer: str | os.PathLike | None = None,
-               with_params: bool = True, model_kind: str | None = None) -> LoadedModel:
-    """Config, params (latest checkpoint; EMA weights with `ema`) and tokenizer of a model folder, used as
-    `model_kind` when given (see `as_model_kind`)."""
+               with_params: bool = True, model_kind: str | None = None,
+               tokenizer_kind: str | None = None) -> LoadedModel:
+    """Config, params (latest checkpoint; EMA weights with `ema`) and tokenizer of a model folder (`tokenizer`
+    instead of its own, `tokenizer_kind` instead of the kind it records), used as `model_kind` when given (see
+    `as_model_kind`)."""
     from t5pegasus.text.load import load_tokenizer
 
     path = Path(path)
@@ -125,7 +142,7 @@ def load_model(path: str | os.PathLike, *, ema: bool = False, tokenizer: str | o
         path = folder.path
     info = folder.info()
     tok_path = folder.tokenizer_file(tokenizer)
-    tok_kind = tokenizer_kind(tok_path, info if tokenizer is None else {})
+    tok_kind = folder_tokenizer_kind(folder, tok_path, kind, given=tokenizer_kind, own=tokenizer is None)
     tok = load_tokenizer(tok_path, kind=tok_kind)
     if kind == "run" and not with_params:
         cfg, params = folder.model_config(), None

@@ -72,11 +72,19 @@ class Predictor:
     """Generate for source texts with a model's params and tokenizer (sources truncated to `max_source_len`)."""
 
     def __init__(self, cfg: ConfigBase, params: Any, tokenizer: Tokenizer, *, max_source_len: int = 512,
-                 batch_size: int = 16, row_multiple: int = 1, continuation: bool = False) -> None:
+                 batch_size: int = 16, row_multiple: int = 1, continuation: bool = False,
+                 prompt: str = "") -> None:
         """`continuation` (GPT): the prompt is `[bos] text`, continued as a document (a language model that
-        was not fine-tuned on pairs); otherwise sources are wrapped as in fine-tuning (`[CLS] src [SEP]`)."""
+        was not fine-tuned on pairs); otherwise sources are wrapped as in fine-tuning (`[CLS] src [SEP]`).
+        `prompt` (a language model only: a few-shot prompt) is put before every source text, exactly, and cut
+        with it as one text; when the two are longer than the source limit, their start is dropped (the end is
+        what is continued)."""
         self.cfg, self.params, self.tok = cfg, params, tokenizer
         self.model = decoding_model(cfg)
+        if prompt and self.model.input_name != "prompt":
+            raise UserError(f"a prompt (--prompt-file) goes before the text a language model continues (GPT / "
+                            f"CPM-LM); a {cfg.family} model generates from a source")
+        self.prompt = prompt
         self.continuation = continuation and self.model.input_name == "prompt"
         if tokenizer.vocab_size < cfg.vocab_size:
             self.model = VocabLimited(self.model, tokenizer.vocab_size)
@@ -96,12 +104,16 @@ class Predictor:
 
     def _inputs(self, sources: Sequence[str], rows: int, limit: int) -> dict[str, np.ndarray]:
         tok = self.tok
+        encoded = tok.encode_batch([self.prompt + s for s in sources])
+        if self.prompt:  # keep the end: a few-shot prompt's start can go, the text to continue cannot
+            room = limit - (tok.bos_id is not None) - (not self.continuation)  # [bos] ... ([eos])
+            encoded = [x[-room:] if len(x) > room else x for x in encoded]
         if self.continuation:
             head = [] if tok.bos_id is None else [tok.bos_id]
-            ids = [head + x[: limit - len(head)] for x in tok.encode_batch(list(sources))]
+            ids = [head + x[: limit - len(head)] for x in encoded]
             ids = [x or [tok.eos_id] for x in ids]
         else:
-            ids = [tok.add_special(x, limit) for x in tok.encode_batch(list(sources))]
+            ids = [tok.add_special(x, limit) for x in encoded]
         ids += [ids[0]] * (rows - len(ids))  # filler rows, dropped after decoding
         width = _bucket(max(len(x) for x in ids), limit)
         out = np.full((rows, width), tok.pad_id, np.int32)

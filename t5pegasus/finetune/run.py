@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from t5pegasus import families
-from t5pegasus.convert.model_folder import LoadedModel, align_special_ids, load_model, tokenizer_kind
+from t5pegasus.convert.model_folder import LoadedModel, align_special_ids, folder_tokenizer_kind, load_model
 from t5pegasus.decoding import Settings
 from t5pegasus.errors import UserError
 from t5pegasus.finetune.data import LAYOUT, Pair, group_pairs, prepare_pairs, read_training_file
@@ -33,6 +33,7 @@ class FinetuneSpec:
     model_kind: str | None = None  # what the init model is where its folder does not say (BERT: simbert, ...)
     ema: bool = False  # start from the init run's EMA weights
     tokenizer: str | None = None
+    tokenizer_kind: str | None = None  # default: what the init folder records (t5pegasus.text.load.KINDS)
     steps: int = 1000
     batch_size: int = 16
     learning_rate: float = 2e-4
@@ -58,16 +59,31 @@ class FinetuneResult:
 
 
 def _lengths(spec: FinetuneSpec, cfg: Any) -> tuple[int, int]:
-    """(max source, max target) tokens: given, or 512/128 for T5; GPT/BERT fit their position table."""
-    positions = cfg.position_limit
+    """(max source, max target) tokens: given, or 512/128 for T5; GPT/BERT default to their trained position
+    table and may be given up to its hierarchical extension (`position_limit`)."""
+    positions, trained = cfg.position_limit, cfg.trained_positions
     if positions is None:
         return spec.max_source_len or 512, spec.max_target_len or 128
-    target = spec.max_target_len or min(128, positions // 4)
-    source = spec.max_source_len or positions - target
+    target = spec.max_target_len or min(128, trained // 4)
+    source = spec.max_source_len or max(1, trained - target)
     if source + target > positions:
+        longer = ("" if positions > trained else
+                  f"; attention.position=hierarchical would extend its {trained} to {trained * trained}")
         raise UserError(f"--max-source-len {source} + --max-target-len {target} exceed the model's {positions} "
-                        f"positions")
+                        f"positions{longer}")
     return source, target
+
+
+def _as_overridden(cfg: Any, overrides: tuple[str, ...]) -> Any:
+    """`cfg` with the `model.*` overrides that are its fields (`model.attention.position=hierarchical` turns a
+    learned table into its n * n extension: the lengths are sized for the model that will train)."""
+    import dataclasses
+
+    from t5pegasus.training.runconfig import parse_overrides
+
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    changes = {k: v for k, v in (parse_overrides(list(overrides)).get("model") or {}).items() if k in fields}
+    return cfg.replace(**changes) if changes else cfg
 
 
 def _model_dict(cfg: Any, objective: str) -> dict[str, Any]:
@@ -131,12 +147,13 @@ def _start(spec: FinetuneSpec, out: Path, say: Callable[[str], None]) -> tuple[L
     if run.holds_run(out) and run.latest_step() is not None:
         info = run.info()
         tok_path = run.tokenizer_file(spec.tokenizer)
-        kind = tokenizer_kind(tok_path, info)
+        kind = folder_tokenizer_kind(run, tok_path, "run", given=spec.tokenizer_kind, own=spec.tokenizer is None)
         tok = load_tokenizer(tok_path, kind=kind)
         cfg = align_special_ids(run.model_config(), tok)
         return LoadedModel(cfg, None, tok, tok_path.resolve(), kind, "run", info), True
     say(f"loading {spec.init}{' (EMA weights)' if spec.ema else ''}…")
-    return load_model(spec.init, ema=spec.ema, tokenizer=spec.tokenizer, model_kind=spec.model_kind), False
+    return load_model(spec.init, ema=spec.ema, tokenizer=spec.tokenizer, model_kind=spec.model_kind,
+                      tokenizer_kind=spec.tokenizer_kind), False
 
 
 def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> FinetuneResult:
@@ -168,7 +185,7 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
         raise UserError(f"objective {objective} trains a {trains} model; {spec.init} holds a {family.name} model "
                         f"(use --objective {family.default_objective})")
     dev_pairs = group_pairs(dev_read) if LAYOUT[objective] == "simbert" else dev_read
-    lengths = _lengths(spec, cfg)
+    lengths = _lengths(spec, _as_overridden(cfg, spec.overrides))
     tok_spec = tokenizer_spec(loaded.tokenizer_path, tok, loaded.tokenizer_kind)
     data_dir = out / "data"
     datasets = tuple(prepare_pairs(f, data_dir, tok, tok_spec, objective, *lengths, pairs=p)

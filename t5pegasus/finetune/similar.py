@@ -56,8 +56,7 @@ class SentenceEncoder:
         from t5pegasus.training.simbert import sentence_vectors
 
         simbert_note(cfg)  # refuses a model that is no BERT
-        positions = cfg.position_limit
-        self.max_len = min(max_len or positions, positions)
+        self.max_len = min(max_len or cfg.trained_positions, cfg.position_limit)
         if self.max_len < 3:
             raise UserError("the maximum length must leave room for [CLS] text [SEP] (at least 3)")
         self.tok, self.batch_size = tokenizer, max(1, batch_size)

@@ -4,6 +4,11 @@ One `ExampleMaker` turns a raw document into zero or more examples (dicts of int
 split into sentences, pack into documents of at most ~1.5 x max source length characters, drop those with
 fewer than `min_sentences`, select, tokenize, truncate. Every drop is counted in `stats` by reason.
 
+With `sample_alpha` > 0 (a unigram sentencepiece tokenizer), every text of an example is cut with a sampled
+segmentation (subword regularisation, `SentencePieceTokenizer.encode_sampled`), drawn from a generator seeded by
+`seed` and the packed document's text, as the PEGASUS mask plan is: the dataset is the same for any number of
+worker processes and for any order of the documents.
+
 Stored features per task:
   seq2seq (T5 PEGASUS greedy LCS) and pegasus (Ind-Orig, masks):  source, target  (each with specials)
   lm:     ids   (bos? document eos)
@@ -45,10 +50,13 @@ class ExampleConfig:
     doc_chars: int | None = None  # default 1.5 x max_source_len (lm: 1.5 x max_len)
     sentence_chars: int | None = None  # default doc_chars // 4
     seed: int = 0
+    sample_alpha: float = 0.0  # > 0: sampled segmentations at this alpha (sentencepiece); 0: the best one
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; use one of {TASKS}")
+        if self.sample_alpha < 0:
+            raise ValueError(f"sample_alpha must be >= 0, not {self.sample_alpha}")
 
     @property
     def document_chars(self) -> int:
@@ -72,7 +80,19 @@ class ExampleMaker:
         self.cfg = config or ExampleConfig()
         if self.cfg.task == "simbert":
             raise ValueError("simbert examples come from JSONL groups (t5pegasus.pretrain.groups), not documents")
+        if self.cfg.sample_alpha and not hasattr(tokenizer, "encode_sampled"):
+            raise ValueError("sample_alpha samples sentencepiece segmentations; this tokenizer is "
+                             f"{type(tokenizer).__name__}")
         self.stats: Counter[str] = Counter()
+
+    def _encode_batch(self, texts: list[str], sentences: list[str]) -> list[list[int]]:
+        """`texts` of the example made from `sentences`: the best segmentations, or sampled ones."""
+        alpha = self.cfg.sample_alpha
+        if not alpha:
+            return self.tok.encode_batch(texts)
+        # stream 1 of (seed, document): the PEGASUS mask plan draws from stream-less (seed, document)
+        rng = np.random.default_rng([self.cfg.seed, zlib.crc32("\n".join(sentences).encode("utf-8")), 1])
+        return [self.tok.encode_sampled(t, rng, alpha) for t in texts]  # type: ignore[attr-defined]
 
     def documents(self, text: str) -> list[list[str]]:
         """Split and pack a raw document into sentence lists; drops (too few sentences) are counted."""
@@ -100,14 +120,14 @@ class ExampleMaker:
         """One example from one packed document (a list of sentences)."""
         c, tok = self.cfg, self.tok
         if c.task == "lm":
-            ids = tok.add_special(tok.encode(join_sentences(sentences)), c.max_len)
+            ids = tok.add_special(self._encode_batch([join_sentences(sentences)], sentences)[0], c.max_len)
             return {"ids": np.asarray(ids, np.int32)}
         if c.task == "pegasus":
             source_ids, target_ids = self._pegasus(sentences)
         else:
             sel = greedy_lcs_selection(sentences, c.summary_ratio)
             texts = [join_sentences([sentences[i] for i in idx]) for idx in (sel.source, sel.target)]
-            source_ids, target_ids = tok.encode_batch(texts)
+            source_ids, target_ids = self._encode_batch(texts, sentences)
         if c.task == "unilm":
             src = tok.add_special(source_ids, c.max_source_len)
             tgt = tok.add_special(target_ids, c.max_target_len + (1 if tok.bos_id is not None else 0))
@@ -140,7 +160,7 @@ class ExampleMaker:
                 plan.append(None)
                 runs.append([s])
         texts = [join_sentences(r) for r in runs] + [join_sentences([sentences[i] for i in sel.target])]
-        encoded = tok.encode_batch(texts)
+        encoded = self._encode_batch(texts, sentences)
         source: list[int] = []
         k = 0
         for p in plan:

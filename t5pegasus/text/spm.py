@@ -1,7 +1,8 @@
 """Sentencepiece tokenizer with mT5 ids, and the CPM mode (jieba + U+2582/U+2583 for space/newline).
 
 Subword regularization: `encode(text, sample=True)` uses sentencepiece's own sampling; `sampler()` gives
-a `ViterbiSampler` over the same unigram pieces with a numpy Generator (reproducible per seed).
+a `ViterbiSampler` over the same unigram pieces with a numpy Generator (reproducible per seed), which
+`encode_sampled(text, rng, alpha)` uses (what `prepare --sample-alpha` tokenises with).
 """
 
 from __future__ import annotations
@@ -9,10 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from t5pegasus.errors import UserError
 from t5pegasus.text.base import Tokenizer
 from t5pegasus.text.vocab import cpm_pretokenize
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -41,6 +46,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.mask_id = None
         self.decoder_start_id = self.pad_id
         self._proto = proto
+        self._samplers: dict[float, Any] = {}
 
     @property
     def vocab_size(self) -> int:
@@ -63,6 +69,13 @@ class SentencePieceTokenizer(Tokenizer):
         if sample:
             return self.sp.encode(self._prepare(text), enable_sampling=True, alpha=alpha, nbest_size=nbest)
         return self.sp.encode(self._prepare(text))
+
+    def encode_sampled(self, text: str, rng: np.random.Generator, alpha: float) -> list[int]:
+        """Ids of a segmentation of `text` sampled with `rng` from the unigram lattice at `alpha` (`sampler`):
+        the same rng state gives the same ids, unlike sentencepiece's own sampling (CPM mode included)."""
+        if alpha not in self._samplers:
+            self._samplers[alpha] = self.sampler(alpha)
+        return self._samplers[alpha].encode(self._prepare(text), rng)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return self.sp.encode([self._prepare(t) for t in texts])

@@ -39,6 +39,10 @@ class PreparedData:
     def tokenizer_path(self) -> str:
         return self.metadata["tokenizer"]["path"]
 
+    @property
+    def tokenizer_kind(self) -> str | None:
+        return self.metadata["tokenizer"].get("kind")
+
 
 def _read_meta(path: Path) -> dict[str, Any]:
     from t5pegasus.pretrain.builder import read_metadata
@@ -49,6 +53,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
 def _cache_key(cfg: DataConfig) -> str:
     fields = {k: getattr(cfg, k) for k in ("corpus", "vocab", "vocab_size", "task", "max_source_len",
                                             "max_target_len", "max_len", "eval_every_nth")}
+    if cfg.tokenizer_kind:  # only when set, so the caches of runs that never set it keep their key
+        fields["tokenizer_kind"] = cfg.tokenizer_kind
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -75,7 +81,7 @@ def _build_groups(cfg: DataConfig, folder: Path, say: Any) -> None:
     """The simbert task: the corpus is JSONL group files; every n-th group is held out."""
     from t5pegasus.pretrain.examples import ExampleConfig
     from t5pegasus.pretrain.groups import prepare_groups, read_groups
-    from t5pegasus.text.load import load_tokenizer, tokenizer_spec
+    from t5pegasus.text.load import check_kind, kind_for_file, load_tokenizer, tokenizer_spec
     from t5pegasus.text.vocab import build_wordpiece_vocab, save_vocab
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,8 +99,8 @@ def _build_groups(cfg: DataConfig, folder: Path, say: Any) -> None:
     if not cfg.vocab and not vocab.exists():
         say(f"building a {cfg.vocab_size}-token WordPiece vocabulary (characters + jieba words)…")
         save_vocab(build_wordpiece_vocab([s for g in train for s in g], cfg.vocab_size, min_count=2), vocab)
-    tok = load_tokenizer(vocab)
-    kind = "sentencepiece" if vocab.suffix == ".model" else "wordpiece"
+    kind = check_kind(cfg.tokenizer_kind or kind_for_file(vocab))
+    tok = load_tokenizer(vocab, kind=kind)
     ex = ExampleConfig(task=cfg.task, max_source_len=cfg.max_source_len, max_target_len=cfg.max_target_len,
                        max_len=cfg.max_len)
     for name, part in (("train", train), ("eval", held)):
@@ -107,7 +113,7 @@ def _build(cfg: DataConfig, folder: Path, say: Any) -> None:
         return _build_groups(cfg, folder, say)
     from t5pegasus.pretrain.examples import ExampleConfig
     from t5pegasus.pretrain.prepare import prepare_dataset
-    from t5pegasus.text.load import load_tokenizer, tokenizer_spec
+    from t5pegasus.text.load import check_kind, kind_for_file, load_tokenizer, tokenizer_spec
     from t5pegasus.text.vocab import build_wordpiece_vocab, save_vocab
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,8 +123,8 @@ def _build(cfg: DataConfig, folder: Path, say: Any) -> None:
         say(f"building a {cfg.vocab_size}-token WordPiece vocabulary (characters + jieba words)…")
         docs = train_txt.read_text(encoding="utf-8").split("\n\n")
         save_vocab(build_wordpiece_vocab(docs, cfg.vocab_size, min_count=2), vocab)
-    tok = load_tokenizer(vocab)
-    kind = "sentencepiece" if vocab.suffix == ".model" else "wordpiece"
+    kind = check_kind(cfg.tokenizer_kind or kind_for_file(vocab))
+    tok = load_tokenizer(vocab, kind=kind)
     ex = ExampleConfig(task=cfg.task, max_source_len=cfg.max_source_len, max_target_len=cfg.max_target_len,
                        max_len=cfg.max_len)
     for name, txt in (("train", train_txt), ("eval", eval_txt)):

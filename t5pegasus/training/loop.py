@@ -232,7 +232,7 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
     _check_resume(run, cfg, latest is not None)
     if lead:
         run.write_model_config(model_cfg)
-        run.write_tokenizer_record(data.tokenizer_path)
+        run.write_tokenizer_record(data.tokenizer_path, data.tokenizer_kind)
     momentum = cfg.optim.ema
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _host_reads():
         abstract, shardings = state_shardings(init_params, tx, momentum, mesh, rules)

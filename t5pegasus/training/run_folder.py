@@ -3,7 +3,9 @@
 
     <run>/config.yaml                  the run config (a resume must match it; the EMA momentum is read here)
     <run>/model_config.json            the model config
-    <run>/tokenizer.txt                the tokenizer file's path (a file of that name inside the folder wins)
+    <run>/tokenizer.txt                the tokenizer file's path (a file of that name inside the folder wins),
+                                       then its kind (wordpiece / sentencepiece / cpm) on a second line; HF
+                                       and TF exports hold one too, naming their shipped file
     <run>/checkpoints/<step>/state     orbax TrainState (params, opt_state, ema); `data` beside it holds
                                        every process's data position
     <run>/finetune.json                what a fine-tuning run was asked (lengths, objective, decoding)
@@ -123,8 +125,17 @@ class RunFolder:
         return _json(self.path / METRICS)
 
     # --- tokenizer --------------------------------------------------------------------------------------
-    def write_tokenizer_record(self, tokenizer_path: str | os.PathLike) -> None:
-        write_text(self.path / TOKENIZER_RECORD, f"{tokenizer_path}\n")
+    def write_tokenizer_record(self, tokenizer_path: str | os.PathLike, kind: str | None = None) -> None:
+        """Record the tokenizer file (its path) and its kind (`t5pegasus.text.load.KINDS`)."""
+        write_text(self.path / TOKENIZER_RECORD, f"{tokenizer_path}\n" + (f"{kind}\n" if kind else ""))
+
+    def recorded_tokenizer_kind(self) -> str | None:
+        """The tokenizer kind `tokenizer.txt` records (None: it records none, or there is no record); older
+        fine-tuned models kept it in finetune.json only."""
+        record = self.path / TOKENIZER_RECORD
+        lines = record.read_text(encoding="utf-8").split("\n") if record.is_file() else []
+        kind = lines[1].strip() if len(lines) > 1 else ""
+        return kind or self.info().get("tokenizer_kind") or None
 
     def tokenizer_file(self, given: str | os.PathLike | None = None) -> Path:
         """The tokenizer file: `given`, else the one `tokenizer.txt` names (a file of that name inside the folder
@@ -136,7 +147,7 @@ class RunFolder:
             return given
         record = self.path / TOKENIZER_RECORD
         if record.is_file():
-            named = Path(record.read_text(encoding="utf-8").strip())
+            named = Path(record.read_text(encoding="utf-8").split("\n")[0].strip())
             for candidate in (self.path / named.name, named):
                 if named.name and candidate.is_file():
                     return candidate
@@ -189,9 +200,9 @@ class RunFolder:
     def save_model(self, step: int, params: Any, cfg: ConfigBase, tokenizer_path: Path, info: dict[str, Any],
                    metrics: dict[str, Any]) -> None:
         """Write this folder as a self-contained model in the run layout (params-only state at `step`, the
-        tokenizer file inside, info and metrics). Built beside the folder and swapped in by renames, so a reader
-        sees the old or the new model, never a half-written one. Every process takes part (orbax writes
-        sharded arrays)."""
+        tokenizer file inside with its kind `info["tokenizer_kind"]`, info and metrics). Built beside the folder
+        and swapped in by renames, so a reader sees the old or the new model, never a half-written one. Every
+        process takes part (orbax writes sharded arrays)."""
         import jax
         import orbax.checkpoint as ocp
 
@@ -206,7 +217,7 @@ class RunFolder:
         if lead:
             name = "spiece.model" if tokenizer_path.suffix == ".model" else "vocab.txt"
             shutil.copyfile(tokenizer_path, tmp.path / name)
-            tmp.write_tokenizer_record((folder / name).absolute())
+            tmp.write_tokenizer_record((folder / name).absolute(), info.get("tokenizer_kind"))
             tmp.write_model_config(cfg)
             tmp.write_info(info)
             write_text(tmp.path / METRICS, json.dumps(metrics, ensure_ascii=False, indent=2) + "\n")

@@ -61,6 +61,7 @@ class DataConfig:
     eval_dataset: str | None = None  # held-out prepared dataset (with `dataset`)
     corpus: str | list[str] = "peoples-daily"  # 'peoples-daily' or text files / dirs (blank-line documents)
     vocab: str | None = None  # vocab.txt / sentencepiece .model; None = build a WordPiece vocab from the corpus
+    tokenizer_kind: str | None = None  # wordpiece / sentencepiece / cpm (CPM-LM's .model); None = by suffix
     vocab_size: int = 8000
     task: str = "seq2seq"  # prepare --task: seq2seq (T5 PEGASUS), pegasus, lm, unilm, simbert
     max_source_len: int = 256
@@ -286,6 +287,10 @@ def _check(cfg: RunConfig) -> None:
         raise UserError("checkpoint.every and checkpoint.keep must be at least 1")
     if cfg.data.pack is not False:
         _check_pack(cfg)
+    if cfg.data.tokenizer_kind is not None:
+        from t5pegasus.text.load import check_kind
+
+        check_kind(cfg.data.tokenizer_kind)
     # Every model.* key, the family and the preset, checked now (not after the data is prepared): the data only
     # adds the vocabulary size and the special ids.
     cfg.model_config()
