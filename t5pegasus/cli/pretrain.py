@@ -31,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg)
     import jax
 
+    code = 130 if result.interrupted == "SIGINT" else (143 if result.interrupted == "SIGTERM" else 0)
     if jax.process_index() != 0:
-        return 0
+        return code  # every process stops for the same agreed reason, so all exit alike
     command = "t5pegasus pretrain" + (f" --config {args.config}" if args.config else "")
     command += "".join(f" {o}" for o in args.overrides)
     d = result.run_dir
@@ -60,4 +61,4 @@ def run(args: argparse.Namespace) -> int:
             f"  fine-tune:      t5pegasus finetune --init {d} --train TRAIN.jsonl --dev DEV.jsonl",
         ]
     print("\n".join(lines))
-    return 130 if result.interrupted == "SIGINT" else (143 if result.interrupted == "SIGTERM" else 0)
+    return code

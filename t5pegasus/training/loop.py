@@ -22,7 +22,7 @@ from t5pegasus.errors import UserError
 from t5pegasus.training import mesh as meshlib
 from t5pegasus.training.checkpoint import Checkpointer
 from t5pegasus.training.data import PreparedData
-from t5pegasus.training.distributed import maybe_initialize
+from t5pegasus.training.distributed import agree_on_stop, maybe_initialize
 from t5pegasus.training.metrics import MetricsLog, platform_peak, step_flops
 from t5pegasus.training.objectives import (
     KINDS,
@@ -122,6 +122,7 @@ class _Context:
     flops: float  # per step, for MFU
     peak: float  # FLOP/s of the hardware, for MFU
     lengths: dict[str, int]
+    rows: list[int]  # this process's rows of each global batch (meshlib.process_rows)
     stop: _StopSignals
     eval_hook: Callable[[int, TrainState], dict[str, float]] | None
 
@@ -141,7 +142,7 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
     loss, and its metrics are logged with it.
     """
     d = cfg.distributed
-    maybe_initialize(d.coordinator, d.num_processes, d.process_id, d.local_device_ids)
+    maybe_initialize(d.coordinator, d.num_processes, d.process_id, d.local_device_ids, d.heartbeat_timeout)
     lead = jax.process_index() == 0
     say = say or (lambda text: print(text, flush=True) if lead else None)
     from t5pegasus.training.data import loader, prepare
@@ -161,9 +162,11 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
     meshlib.check_batch_size(cfg.data.batch_size, mesh, rules)
     lengths = {k: v for k, v in (("max_source_len", cfg.data.max_source_len),
                                  ("max_target_len", cfg.data.max_target_len), ("max_len", cfg.data.max_len))}
-    train_it = loader(data.train, cfg.data, seed=cfg.seed, shuffle=cfg.data.shuffle, max_lengths=lengths)
+    rows = meshlib.process_rows(bsh, cfg.data.batch_size)
+    train_it = loader(data.train, cfg.data, seed=cfg.seed, shuffle=cfg.data.shuffle, max_lengths=lengths,
+                      rows=rows)
     first = to_model_batch(next(loader(data.train, cfg.data, seed=cfg.seed, shuffle=cfg.data.shuffle,
-                                       max_lengths=lengths)), objective)
+                                       max_lengths=lengths, rows=rows)), objective)
     dummy = objective.dummy_batch(1, _lengths_of(first, objective))
 
     def init_params(key: jax.Array) -> Any:
@@ -211,7 +214,7 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
         try:
             with _StopSignals() as stop:
                 context = _Context(cfg, data, objective, step_fn, eval_fn, train_it, bsh, ckpt, log, flops, peak,
-                                   lengths, stop, eval_hook)
+                                   lengths, rows, stop, eval_hook)
                 _loop(context, state, start, result, keep_state)
         finally:
             ckpt.close()
@@ -229,7 +232,7 @@ def _global_shapes(batch: dict[str, np.ndarray], global_batch: int) -> dict[str,
 
 
 def _loop(c: _Context, state: TrainState, start: int, result: RunResult, keep_state: bool) -> None:
-    cfg, ckpt, log, stop, train_it = c.cfg, c.ckpt, c.log, c.stop, c.train_it
+    cfg, ckpt, log, train_it = c.cfg, c.ckpt, c.log, c.train_it
     every = cfg.train.log_every
     window_start, window_steps, window_tokens = None, 0, 0.0
     acc: dict[str, float] = {}
@@ -284,18 +287,30 @@ def _loop(c: _Context, state: TrainState, start: int, result: RunResult, keep_st
             held_out = _evaluate(c, state) if c.data.eval else {}
             result.last_eval = {**held_out, **(c.eval_hook(step, state) if c.eval_hook else {})}
             log.write(step, "eval", result.last_eval)
-        if step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop.received:
+        stopping = _agreed_stop(c, step)
+        if step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stopping:
             ckpt.save(state, train_it.get_state(), force=True)
             last_saved = step
-        if stop.received:
-            result.interrupted = stop.received
-            log.message(f"{stop.received}: saved a checkpoint at step {step}")
+        if stopping:
+            result.interrupted = stopping
+            log.message(f"{stopping}: saved a checkpoint at step {step}")
             break
     if last_saved != step and step > start:
         ckpt.save(state, train_it.get_state(), force=True)
     result.final_step = step
     if keep_state:
         result.state = state
+
+
+def _agreed_stop(c: _Context, step: int) -> str | None:
+    """The stop request (a signal's name) every process acts on after `step`, or None. One process: its own
+    signal, at once. Several: a signal on any of them, agreed every `distributed.stop_check_every` steps (the
+    same steps on all), so all save the same step and stop together."""
+    if jax.process_count() == 1:
+        return c.stop.received
+    if step % c.cfg.distributed.stop_check_every:
+        return None
+    return agree_on_stop(c.stop.received)
 
 
 def _tokens(local: dict[str, np.ndarray], global_batch: int) -> float:
@@ -311,7 +326,7 @@ def _tokens(local: dict[str, np.ndarray], global_batch: int) -> float:
 def _evaluate(c: _Context, state: TrainState) -> dict[str, float]:
     from t5pegasus.training.data import loader
 
-    it = loader(c.data.eval, c.cfg.data, seed=0, shuffle=False, max_lengths=c.lengths)
+    it = loader(c.data.eval, c.cfg.data, seed=0, shuffle=False, max_lengths=c.lengths, rows=c.rows)
     total = np.zeros(4)
     for _ in range(c.cfg.eval.batches):
         try:
