@@ -1,11 +1,17 @@
-"""Two local processes x 4 devices (jax.distributed on 127.0.0.1) train identically to one process x 8."""
+"""Two local processes x 4 devices (jax.distributed on 127.0.0.1) train identically to one process x 8: the
+train step, and the whole `t5pegasus pretrain` loop (data shards, evaluation, checkpoints, EMA) bit for bit,
+with SIGTERM to one process, SIGKILL of both, a dead peer, and resumes across process counts and meshes."""
 
 import json
 import os
+import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -196,3 +202,83 @@ def test_two_processes_run_the_loop_bit_for_bit_like_one(loop_runs, one_process)
     assert logged(two, "eval", ("loss", "accuracy", "tokens")) == logged(one_process, "eval", ("loss", "accuracy",
                                                                                                  "tokens"))
     assert len(logged(two, "eval")) == 2
+
+
+def train_lines_when(procs, run_dir, ready, timeout=240.0):
+    """Wait until `ready(train lines in metrics.jsonl)` (process 0 writes it); returns that count."""
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        n = metrics.read_text().count('"kind": "train"') if metrics.exists() else 0
+        if ready(n):
+            return n
+        time.sleep(0.05)
+    raise AssertionError(f"not ready: {[(p.returncode, p.stderr.read()[-2000:]) for p in procs if p.poll()]}")
+
+
+def finished_steps(run_dir):
+    from t5pegasus.training.run_folder import RunFolder
+
+    return RunFolder(run_dir).steps()
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_the_rerun_resumes(loop_runs, one_process):
+    run_dir = loop_runs[1] / "term"
+    procs = launch(loop_runs, "term", 2)
+    train_lines_when(procs, run_dir, lambda n: n >= 1)
+    sent = time.time()
+    procs[1].send_signal(signal.SIGTERM)  # the other process hears of it only through the agreement
+    ends = finish(procs, timeout=120)
+    assert time.time() - sent < 60
+    assert [code for code, _, _ in ends] == [143, 143], [err[-2000:] for _, _, err in ends]
+    stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", ends[0][1]).group(1))
+    assert stopped % 2 == 0 and stopped < LOOP_STEPS  # an agreement step (distributed.stop_check_every=2)
+    assert max(finished_steps(run_dir)) == stopped
+    position = json.loads((run_dir / "checkpoints" / str(stopped) / "data" / "metadata").read_text())
+    assert position == {"position": {"batches": stopped}}  # one global position
+    rerun = run_loop(loop_runs, "term", 2)
+    assert f"from step {stopped}" in rerun[0][1]
+    assert_same_checkpoint(run_dir, one_process)
+
+
+@pytest.mark.slow
+def test_sigkill_of_both_processes_then_the_run_resumes_on_one_process(loop_runs, one_process):
+    run_dir = loop_runs[1] / "killed"
+    procs = launch(loop_runs, "killed", 2)
+    # SIGKILL: no handler runs; wait for one finished checkpoint so the rerun really resumes
+    train_lines_when(procs, run_dir, lambda n: n >= 3 and finished_steps(run_dir))
+    for p in procs:
+        p.kill()
+    assert [code for code, _, _ in finish(procs)] == [-9, -9]
+    resumed_from = max(finished_steps(run_dir))
+    rerun = run_loop(loop_runs, "killed", 1)  # a 2-process checkpoint, 1 process x 8 devices, same mesh
+    assert f"from step {resumed_from}" in rerun[0][1]
+    assert_same_checkpoint(run_dir, one_process)
+
+
+@pytest.mark.slow
+def test_a_one_process_checkpoint_resumes_on_two_processes_and_another_mesh(loop_runs, one_process):
+    run_dir = loop_runs[1] / "grown"
+    shutil.copytree(one_process, run_dir)
+    for step in (4, 6):
+        shutil.rmtree(run_dir / "checkpoints" / str(step))
+    rerun = run_loop(loop_runs, "grown", 2, **{"mesh.data": 4, "mesh.fsdp": 2})
+    assert "from step 2" in rerun[0][1]
+    # another mesh sums gradients in another order (1e-7 apart); batches from another data position would
+    # move the weights by about the learning rate (3e-3)
+    assert_same_checkpoint(run_dir, one_process, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_dead_process_stops_the_other_within_the_heartbeat_timeout(loop_runs):
+    run_dir = loop_runs[1] / "dead"
+    procs = launch(loop_runs, "dead", 2, **{"train.steps": 500})
+    train_lines_when(procs, run_dir, lambda n: n >= 1)
+    procs[1].kill()
+    killed = time.time()
+    code, _, err = finish(procs[:1], timeout=120)[0]
+    procs[1].wait()
+    assert time.time() - killed < 10 + 30  # distributed.heartbeat_timeout=10, and time to notice
+    assert code != 0 and "another task died" in err, err[-2000:]
+    assert logged(run_dir, "train")[-1][0] < 500

@@ -1,0 +1,93 @@
+"""A checkpoint that cannot be written (disk full, a file-size limit) stops `t5pegasus pretrain` with one line
+naming the folder, the failed step and the last good step, exit 2; the partial checkpoint never counts, and
+once there is room the same command resumes from the last good step."""
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from t5pegasus.pretrain.corpora import iter_peoples_daily_documents
+from t5pegasus.training import runconfig
+from t5pegasus.training.loop import train
+from t5pegasus.training.run_folder import RunFolder
+
+STEPS = 6  # checkpoints every 2 steps: a good one at 2, the failing one at 4
+
+
+def settings(corpus, out, **extra):
+    from tests.test_training_resume import overrides
+
+    return overrides(corpus, out, name="disk", **{"train.steps": STEPS, "eval.every": 0, **extra})
+
+
+@pytest.fixture(scope="module")
+def at_step_2(tmp_path_factory):
+    """(corpus folder, a run folder whose only checkpoint is step 2): trained here, the data cached."""
+    corpus = tmp_path_factory.mktemp("disk-corpus")
+    docs = [doc for _, doc in zip(range(40), iter_peoples_daily_documents(), strict=False)]
+    (corpus / "docs.txt").write_text("\n\n".join(docs), encoding="utf-8")
+    out = tmp_path_factory.mktemp("disk-runs")
+    result = train(runconfig.load(None, settings(corpus, out, **{"train.steps": 2})))
+    assert result.checkpoint_steps == [2]
+    return corpus, out / "disk"
+
+
+def pretrain(corpus, out, preexec=None):
+    """`t5pegasus pretrain` in a subprocess with the run folder under `out`: (exit code, stdout, stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "t5pegasus.cli", "pretrain", *settings(corpus, out)],
+                          capture_output=True, text=True, timeout=300, preexec_fn=preexec, env=dict(os.environ))
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def assert_stops_cleanly_then_resumes(corpus, out, fail, free, reason):
+    """Run with `fail` in place: exit 2, one line; then `free()`, rerun: resumes from step 2 and finishes."""
+    code, _, err = pretrain(corpus, out, fail)
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1, err[-4000:]
+    assert lines[0].startswith(f"t5pegasus pretrain: error: could not write the checkpoint of step 4 in "
+                               f"{out / 'disk' / 'checkpoints'} ({reason}") and "Traceback" not in err
+    assert "the last good checkpoint is step 2" in lines[0] and "rerun the same command" in lines[0]
+    assert RunFolder(out / "disk").steps() == [2]  # the cut-short step 4 is not a checkpoint
+    free()
+    code, stdout, err = pretrain(corpus, out)
+    assert code == 0, err[-3000:]
+    assert "from step 2" in stdout and RunFolder(out / "disk").steps()[-1] == STEPS
+
+
+def test_a_checkpoint_past_the_file_size_limit_stops_with_one_line_and_resumes(at_step_2, tmp_path):
+    corpus, run = at_step_2
+    shutil.copytree(run, tmp_path / "disk")
+
+    def limit_file_size():  # the kernel refuses writes past 64 KiB (EFBIG); the checkpoint's data files are larger
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    assert_stops_cleanly_then_resumes(corpus, tmp_path, limit_file_size, lambda: None, "File too large")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs (skipped where mounting needs privileges this test does not have)."""
+    disk = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()})")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_disk_full_at_a_checkpoint_stops_with_one_line_and_resumes_once_freed(at_step_2, small_disk):
+    corpus, run = at_step_2
+    shutil.copytree(run, small_disk / "disk")
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:  # leave 256 KiB: room for the logs and configs, not for a checkpoint
+        stat = os.statvfs(small_disk)
+        f.write(b"\0" * (stat.f_bavail * stat.f_frsize - 256 * 1024))
+    assert_stops_cleanly_then_resumes(corpus, small_disk, None, filler.unlink, "No space left on device")
