@@ -3,9 +3,7 @@ naming the folder, the failed step and the last good step, exit 2; the partial c
 once there is room the same command resumes from the last good step."""
 
 import os
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -38,16 +36,26 @@ def at_step_2(tmp_path_factory):
     return corpus, out / "disk"
 
 
-def pretrain(corpus, out, preexec=None):
+# the kernel refuses writes past 64 KiB (EFBIG, with SIGXFSZ ignored); a checkpoint's data files are larger
+LIMITED = """import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+sys.argv = ["t5pegasus", *sys.argv[1:]]
+runpy.run_module("t5pegasus.cli", run_name="__main__")
+"""
+
+
+def pretrain(corpus, out, limit_file_size=False):
     """`t5pegasus pretrain` in a subprocess with the run folder under `out`: (exit code, stdout, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "t5pegasus.cli", "pretrain", *settings(corpus, out)],
-                          capture_output=True, text=True, timeout=300, preexec_fn=preexec, env=dict(os.environ))
+    start = ["-c", LIMITED] if limit_file_size else ["-m", "t5pegasus.cli"]
+    proc = subprocess.run([sys.executable, *start, "pretrain", *settings(corpus, out)], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ))
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def assert_stops_cleanly_then_resumes(corpus, out, fail, free, reason):
-    """Run with `fail` in place: exit 2, one line; then `free()`, rerun: resumes from step 2 and finishes."""
-    code, _, err = pretrain(corpus, out, fail)
+def assert_stops_cleanly_then_resumes(corpus, out, free, reason, limit_file_size=False):
+    """Run: exit 2, one line; then `free()`, rerun: resumes from step 2 and finishes."""
+    code, _, err = pretrain(corpus, out, limit_file_size)
     lines = [x for x in err.splitlines() if x.strip()]
     assert code == 2 and len(lines) == 1, err[-4000:]
     assert lines[0].startswith(f"t5pegasus pretrain: error: could not write the checkpoint of step 4 in "
@@ -63,12 +71,7 @@ def assert_stops_cleanly_then_resumes(corpus, out, fail, free, reason):
 def test_a_checkpoint_past_the_file_size_limit_stops_with_one_line_and_resumes(at_step_2, tmp_path):
     corpus, run = at_step_2
     shutil.copytree(run, tmp_path / "disk")
-
-    def limit_file_size():  # the kernel refuses writes past 64 KiB (EFBIG); the checkpoint's data files are larger
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
-
-    assert_stops_cleanly_then_resumes(corpus, tmp_path, limit_file_size, lambda: None, "File too large")
+    assert_stops_cleanly_then_resumes(corpus, tmp_path, lambda: None, "File too large", limit_file_size=True)
 
 
 @pytest.fixture
@@ -90,4 +93,30 @@ def test_disk_full_at_a_checkpoint_stops_with_one_line_and_resumes_once_freed(at
     with open(filler, "wb") as f:  # leave 256 KiB: room for the logs and configs, not for a checkpoint
         stat = os.statvfs(small_disk)
         f.write(b"\0" * (stat.f_bavail * stat.f_frsize - 256 * 1024))
-    assert_stops_cleanly_then_resumes(corpus, small_disk, None, filler.unlink, "No space left on device")
+    assert_stops_cleanly_then_resumes(corpus, small_disk, filler.unlink, "No space left on device")
+
+
+def test_a_blocked_checkpoint_folder_is_one_line_and_other_errors_keep_their_traceback(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    from flax import struct
+
+    from t5pegasus.training.checkpoint import Checkpointer, CheckpointWriteError
+
+    @struct.dataclass
+    class State:
+        step: jax.Array
+        w: jax.Array
+
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    ckpt.save(State(jnp.int32(1), jnp.ones(64)), {"batches": 1})
+    ckpt.wait()
+    shutil.rmtree(tmp_path / "checkpoints")
+    (tmp_path / "checkpoints").write_text("a file where the folder was")
+    with pytest.raises(CheckpointWriteError, match=r"could not write the checkpoint of step 2 in .*checkpoints "
+                                                   r"\(Not a directory\); no checkpoint was finished before it"):
+        ckpt.save(State(jnp.int32(2), jnp.ones(64)), {"batches": 2})
+        ckpt.wait()
+    ckpt.close()
+    bug = ValueError("a tree that does not match")
+    assert ckpt._write_error(bug, 3) is bug  # not a write failure: it keeps its traceback

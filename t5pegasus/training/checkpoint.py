@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +36,36 @@ class CheckpointWriteError(UserError):
 
 
 class _QuietOrbax(logging.Filter):
-    """Drop orbax's own error logs (with tracebacks, from its save threads): the Checkpointer reports a failed
-    write itself, once, and re-raises anything else with its traceback."""
+    """Drop orbax's own error logs (with tracebacks, from its save threads) and asyncio's "exception was never
+    retrieved" for orbax's abandoned write tasks: the Checkpointer reports a failed write itself, once, and
+    re-raises anything else with its traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+        if record.levelno < logging.ERROR:
+            return True
+        if record.name == "asyncio":
+            return not ("never retrieved" in str(record.msg) and "orbax" in record.getMessage())
+        return "orbax" not in record.pathname
 
 
 _QUIET = _QuietOrbax()
+
+
+def _quiet_abandoned_writes() -> None:
+    """After one array write fails, orbax closes the asyncio loop its other writes report to; tensorstore then
+    reports each of them as an unraisable "Event loop is closed" (hundreds of tracebacks for one full disk).
+    Drop exactly those; every other unraisable error goes to the hook that was there."""
+    previous = sys.unraisablehook
+    if getattr(previous, "t5pegasus", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.t5pegasus = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def _allgather_json(value: Any) -> list[Any]:
@@ -59,6 +83,17 @@ def _allgather_json(value: Any) -> list[Any]:
                                                                               strict=True)]
 
 
+def _reason(cause: BaseException) -> str:
+    """What the OS said ("No space left on device"), from an OSError or tensorstore's `os_error_code='28'`."""
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    code = re.search(r"os_error_code='?(\d+)", str(cause))
+    if code:
+        return os.strerror(int(code.group(1)))
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return first if len(first) <= 200 else first[:200] + "…"
+
+
 class Checkpointer:
     """Save / restore (state, data position) under `directory/<step>/`."""
 
@@ -66,7 +101,9 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous,
                                                create=True)
-        logging.getLogger("absl").addFilter(_QUIET)  # orbax logs through absl
+        for name in ("absl", "asyncio"):  # orbax logs through absl; its write tasks run on asyncio
+            logging.getLogger(name).addFilter(_QUIET)
+        _quiet_abandoned_writes()
         self._pending: int | None = None  # the step whose asynchronous save is in flight
         self._failed: CheckpointWriteError | None = None
         try:
@@ -106,7 +143,7 @@ class Checkpointer:
     def _write_error(self, error: BaseException, step: int | None) -> BaseException:
         """`CheckpointWriteError` for an OS / tensorstore write failure of `step`; `error` itself otherwise."""
         cause = root_cause(error)
-        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        reason = _reason(cause)
         if not (isinstance(cause, OSError) or any(code in str(cause) for code in _WRITE_FAILURES)):
             return error
         good = [s for s in self.good_steps() if step is None or s < step]
