@@ -86,8 +86,8 @@ def test_gradients_finite_and_equal_across_backends():
         np.testing.assert_allclose(g, g_ref, atol=1e-4)
 
 
-def _call(platform, dtype=jnp.bfloat16, t=256, s=256, d=64, bias=False, mask=False, training=True, mesh=False):
-    return Call(platform, jnp.dtype(dtype), t, s, d, bias, mask, training, mesh)
+def _call(platform, dtype=jnp.bfloat16, t=256, s=256, d=64, bias=False, mask=False, training=True):
+    return Call(platform, jnp.dtype(dtype), t, s, d, bias, mask, training)
 
 
 def test_auto_picks_fastest_capable_backend_per_platform():
@@ -103,8 +103,6 @@ def test_auto_picks_fastest_capable_backend_per_platform():
     assert resolve_backend("auto", _call("tpu", bias=True)) == "flash"  # splash cannot take a bias
     assert resolve_backend("auto", _call("tpu", mask=True)) == "flash"
     assert resolve_backend("auto", _call("tpu", t=200)) == "einsum"  # not a multiple of the 128 tile
-    assert resolve_backend("auto", _call("tpu", mesh=True)) == "einsum"  # Pallas kernels need a shard_map
-    assert resolve_backend("auto", _call("gpu", mesh=True)) == "cudnn"  # cuDNN has partitioning rules
 
 
 def test_named_backend_falls_back_when_it_cannot_take_the_call():
@@ -145,6 +143,66 @@ def test_flash_wrapper_keeps_bias_unscaled_and_folds_mask_in_interpret_mode():
         out = kernels.flash_attention(q, k, v, bias, mask, scale=0.2, is_causal=True)
     ref = einsum_attention(q, k, v, bias, mask, scale=0.2, is_causal=True)
     np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+def _mesh_and_rules():
+    """A data=4 x tensor=2 mesh of the 8 simulated devices with the fsdp_tensor rules (batch and heads split)."""
+    from t5pegasus.training import mesh as meshlib
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (simulated) devices")
+    return meshlib.make_mesh(4, 1, 2), meshlib.rules_for("fsdp_tensor")
+
+
+@pytest.mark.parametrize("kernel", ["flash", "splash"])
+def test_pallas_kernels_run_per_shard_under_a_mesh(kernel):
+    """Under a sharded mesh the Pallas kernels run through shard_map over batch and heads (interpret mode on the
+    simulated CPU mesh): output and gradients equal the einsum reference, and the output stays sharded."""
+    import flax.linen as nn
+    import jax.experimental.pallas.tpu as pltpu
+
+    mesh, rules = _mesh_and_rules()
+    q, k, v = _qkv(b=4, t=128, s=128, h=2, d=32)
+    bias = jax.random.normal(jax.random.key(3), (1, 2, 128, 128)) if kernel == "flash" else None
+    mask = ((jnp.arange(128)[None, :] < jnp.array([128, 100, 64, 9])[:, None])[:, None, None, :]
+            if kernel == "flash" else None)
+    fn = kernels.FUSED[kernel]
+
+    def fused(q, k, v):
+        return kernels.per_shard(fn, jax.sharding.get_abstract_mesh(), q, k, v, bias, mask, scale=0.2, is_causal=True)
+
+    def ref(q, k, v):
+        return einsum_attention(q, k, v, bias, mask, scale=0.2, is_causal=True)
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules), pltpu.force_tpu_interpret_mode():
+        out = jax.jit(fused)(q, k, v)
+        grads = jax.jit(jax.grad(lambda *x: (fused(*x) ** 2).sum(), argnums=(0, 1, 2)))(q, k, v)
+    assert out.sharding.spec[0] is not None and out.sharding.spec[2] == "tensor"  # batch and heads split
+    np.testing.assert_allclose(out, ref(q, k, v), atol=1e-5)
+    want = jax.grad(lambda *x: (ref(*x) ** 2).sum(), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(grads, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5 * float(jnp.abs(w).max()))
+
+
+def test_dot_product_attention_routes_to_the_per_shard_kernel_on_tpu(monkeypatch):
+    """On a TPU (pretended here, kernels interpreted) under a mesh, "auto" picks splash without a bias and
+    flash with one, and both go through shard_map (a Pallas call is not auto-partitioned)."""
+    import flax.linen as nn
+    import jax.experimental.pallas.tpu as pltpu
+
+    mesh, rules = _mesh_and_rules()
+    used = []
+    real = kernels.per_shard
+    monkeypatch.setattr(kernels, "per_shard", lambda fn, *a, **kw: used.append(fn.__name__) or real(fn, *a, **kw))
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    q, k, v = _qkv(b=4, t=128, s=128, h=2, d=32)
+    bias = jax.random.normal(jax.random.key(3), (1, 2, 128, 128))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules), pltpu.force_tpu_interpret_mode():
+        plain = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, is_causal=True))(q, k, v)
+        biased = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, bias, is_causal=True))(q, k, v)
+    assert used == ["splash_attention", "flash_attention"]
+    np.testing.assert_allclose(plain, einsum_attention(q, k, v, is_causal=True), atol=1e-5)
+    np.testing.assert_allclose(biased, einsum_attention(q, k, v, bias, is_causal=True), atol=1e-5)
 
 
 def test_cudnn_wrapper_hands_cudnn_full_size_bias_and_mask(monkeypatch):

@@ -76,6 +76,22 @@ def test_repaired_mixed_and_long_documents_reach_the_examples(seq2seq, work):
     assert text.count("很长的一行") > 100
 
 
+def test_worker_processes_write_the_same_dataset_as_one(work, monkeypatch):
+    """`prepare --workers 3` (processes making the examples of 7-document chunks here, so many chunks are in
+    flight) and `--workers 1` write the same examples in the same order, with the same counts."""
+    from t5pegasus.pretrain import prepare as prepare_module
+    from t5pegasus.pretrain.builder import open_source
+
+    monkeypatch.setattr(prepare_module, "CHUNK_DOCUMENTS", 7)
+    one, three = prepare(work, "s2s-one", "--workers", "1"), prepare(work, "s2s-three", "--workers", "3")
+    meta = [json.loads((d / "t5pegasus.json").read_text()) for d in (one, three)]
+    assert meta[0]["stats"] == meta[1]["stats"] and meta[0]["num_examples"] == meta[1]["num_examples"] > 200
+    a, b = open_source(one), open_source(three)
+    assert len(a) == len(b)
+    for i in range(len(a)):
+        assert a[i].keys() == b[i].keys() and all(np.array_equal(a[i][k], b[i][k]) for k in a[i]), i
+
+
 def test_prepare_user_errors(work, capsys):
     assert main(["prepare", str(work / "nope"), "-o", str(work / "x"), "--tokenizer", str(work / "vocab.txt")]) == 2
     (work / "only_empty").mkdir()

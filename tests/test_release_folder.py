@@ -192,3 +192,26 @@ def test_a_batch_that_does_not_split_over_the_devices_is_one_line(release, tmp_p
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "does not split over" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_pytorch_export_of_the_release_computes_what_bert4keras_does(release, tmp_path, capsys):
+    """`convert RELEASE DST` (no --allow-lossy) -> HF transformers with remote code: bert4keras' probabilities
+    within 1e-4 and its tokenizer ids, from PyTorch; without remote code it still loads as a plain MT5."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    assert main(["convert", str(release), str(tmp_path / "pt")]) == 0
+    assert "exact with trust_remote_code=True" in capsys.readouterr().out
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "pt", trust_remote_code=True).eval()
+    with np.load(GOLDEN / "golden.npz") as g:
+        enc, dec, probs = (torch.as_tensor(g[k]) for k in ("encoder_ids", "decoder_ids", "probs"))
+    with torch.no_grad():
+        logits = model(input_ids=enc.long(), attention_mask=enc != 0, decoder_input_ids=dec.long()).logits
+    ours = torch.log_softmax(logits.double(), -1)
+    ref = torch.log(probs.double())
+    centred = lambda x: x - x.mean(-1, keepdim=True)  # noqa: E731
+    assert (centred(ours) - centred(ref)).abs()[dec != 0].max() < 1e-4
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "pt", trust_remote_code=True)
+    for sentence in json.loads((GOLDEN / "tokenizer.json").read_text(encoding="utf-8"))["sentences"]:
+        assert tokenizer(sentence["text"])["input_ids"] == sentence["ids"]
+    plain = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "pt")
+    assert type(plain).__name__ == "MT5ForConditionalGeneration"

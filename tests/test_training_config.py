@@ -49,9 +49,10 @@ def test_cli_user_errors_are_one_line(capsys):
     assert "steps: 3" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")))
+@pytest.mark.parametrize("path", [*map(str, sorted((REPO / "configs").glob("*.yaml"))),
+                                  *runconfig.packaged_presets()])
 def test_repo_presets_are_valid(path):
-    cfg = runconfig.load(str(path))
+    cfg = runconfig.load(path)
     model = cfg.model_config(vocab_size=1024)
     make_objective(cfg.objective.kind, model)
 
@@ -132,3 +133,37 @@ def test_every_family_record_resolves():
             assert family.converter(fmt) is not None
     assert families.for_hf_model_type("mt5").name == "t5" and families.for_hf_model_type("llama") is None
 
+
+
+def test_packaged_presets_per_journey():
+    assert {"pretrain-demo", "gpt-lm", "unilm", "simbert"} <= set(runconfig.packaged_presets())
+    for name, family, kind, task in (("gpt-lm", "gpt", "lm", "lm"), ("unilm", "bert", "unilm", "unilm"),
+                                     ("simbert", "bert", "simbert", "simbert")):
+        cfg = runconfig.load(name)
+        assert (cfg.model["family"], cfg.objective.kind, cfg.data.task) == (family, kind, task)
+    simbert = runconfig.load("simbert").model_config(vocab_size=1024)
+    assert (simbert.mask, simbert.pooler_activation) == ("unilm", "linear")
+
+
+@pytest.mark.parametrize("family,kind,task", [("gpt", "lm", "lm"), ("bert", "unilm", "unilm")])
+def test_model_family_alone_brings_its_preset_objective_and_task(family, kind, task):
+    """`t5pegasus pretrain model.family=gpt`: the family's run preset (model preset, objective, data task),
+    not the T5 demo's preset under another family's name."""
+    from t5pegasus import families
+
+    cfg = runconfig.load(None, [f"model.family={family}"])
+    assert (cfg.model["family"], cfg.objective.kind, cfg.data.task) == (family, kind, task)
+    assert cfg == runconfig.load(families.get(family).run_config)
+    # on a given file: its other sections stay, the model / objective / task follow the family
+    mixed = runconfig.load(str(REPO / "configs" / "pretrain-small.yaml"), [f"model.family={family}",
+                                                                          "model.num_layers=1"])
+    small = runconfig.load(str(REPO / "configs" / "pretrain-small.yaml"))
+    assert (mixed.objective.kind, mixed.data.task, mixed.model["num_layers"]) == (kind, task, 1)
+    assert (mixed.optim, mixed.train) == (small.optim, small.train)
+    make_objective(mixed.objective.kind, mixed.model_config(vocab_size=256))
+
+
+def test_objective_override_brings_its_data_task():
+    cfg = runconfig.load("unilm", ["objective.kind=simbert"])
+    assert cfg.data.task == "simbert"
+    assert runconfig.load("unilm", ["objective.kind=simbert", "data.task=unilm"]).data.task == "unilm"

@@ -18,11 +18,12 @@ from t5pegasus.attention.masks import (
     key_padding_mask,
     mask_value,
     padding_mask,
+    segment_mask,
     unilm_mask,
 )
 from t5pegasus.attention.nystrom import newton_schulz_pinv, nystrom_attention, segment_means
 from t5pegasus.attention.performer import favor_features, orthogonal_random_features, performer_attention
-from t5pegasus.attention.position import relative_position_bucket, relative_positions
+from t5pegasus.attention.position import relative_position_bucket, relative_positions, relative_positions_of
 from t5pegasus.attention.realformer import residual_attention
 from t5pegasus.attention.rerope import (
     rerope_decode_scores,
@@ -59,6 +60,7 @@ __all__ = [
     "performer_attention",
     "relative_position_bucket",
     "relative_positions",
+    "relative_positions_of",
     "rerope_decode_scores",
     "rerope_relative",
     "rerope_scores",
@@ -66,6 +68,7 @@ __all__ = [
     "resolve_backend",
     "rope_angles",
     "rotate",
+    "segment_mask",
     "segment_means",
     "unilm_mask",
 ]

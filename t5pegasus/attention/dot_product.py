@@ -133,8 +133,11 @@ def dot_product_attention(
         head_dim=q.shape[-1],
         has_bias=bias is not None,
         has_mask=mask is not None,
-        multi_device=jax.sharding.get_abstract_mesh().size > 1,
     )
     name = kernels.resolve_backend(backend, call)
-    fn = einsum_attention if name == "einsum" else kernels.FUSED[name]
-    return fn(q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal)
+    if name == "einsum":
+        return einsum_attention(q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.size > 1 and name in kernels.PER_SHARD:  # Pallas kernels have no partitioning rule
+        return kernels.per_shard(kernels.FUSED[name], mesh, q, k, v, bias, mask, scale=scale, is_causal=is_causal)
+    return kernels.FUSED[name](q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal)

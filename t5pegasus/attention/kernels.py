@@ -8,18 +8,26 @@ Every backend computes softmax(scale * q k^T + bias, masked by `mask` and `is_ca
 | einsum  | everywhere   | any broadcastable | any broadcastable    | reference (dot_product.py)       |
 | xla     | everywhere   | 4-D broadcastable | 4-D broadcastable    | jax.nn.dot_product_attention     |
 | cudnn   | GPU          | yes (full q x k)  | folded into the bias | bf16/fp16, head_dim % 8, <= 128  |
-| flash   | TPU (Pallas) | yes (materialised)| folded into the bias | lengths % 128, one-device mesh   |
-| splash  | TPU (Pallas) | no                | no (only is_causal)  | lengths % 128, one-device mesh   |
+| flash   | TPU (Pallas) | yes (materialised)| folded into the bias | lengths % 128                    |
+| splash  | TPU (Pallas) | no                | no (only is_causal)  | lengths % 128                    |
 
 `resolve_backend` turns a request ("auto" or a name) into the backend that will really run: "auto" is the
 fastest one that can take the arguments on this platform; a named backend that cannot take them (wrong
 platform, dtype, shape, or an arbitrary bias/mask for splash) falls back to the next one that can, ending at
 "einsum", which takes everything. The choice is made at trace time from static shapes and dtypes only.
+
+Under a mesh of more than one device the Pallas kernels (which have no partitioning rule of their own) run per
+shard through `jax.shard_map` (`per_shard`): batch rows split over the mesh axes the logical "batch" axis maps
+to, heads over those "heads" maps to (the flax logical-axis rules in effect, as the models shard their
+activations); an axis whose size does not divide stays whole. Attention is independent per (example, head), so
+every shard computes exactly its part. cuDNN's call has partitioning rules in JAX and is left to them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +55,6 @@ class Call:
     has_bias: bool
     has_mask: bool
     training: bool = True  # cuDNN needs even lengths when a bias gets a gradient
-    multi_device: bool = False  # under a mesh of > 1 device: Pallas kernels are not auto-partitioned
 
 
 def supports(backend: str, call: Call) -> bool:
@@ -63,9 +70,7 @@ def supports(backend: str, call: Call) -> bool:
             and call.head_dim <= 128
             and (even or not (call.training and (call.has_bias or call.has_mask)))
         )
-    # The Pallas TPU kernels have no partitioning rule, so under a multi-device mesh they would need a
-    # shard_map with the model's batch/head specs, which this layer does not know; fall back there.
-    tiled = call.q_len % _TPU_BLOCK == 0 and call.k_len % _TPU_BLOCK == 0 and not call.multi_device
+    tiled = call.q_len % _TPU_BLOCK == 0 and call.k_len % _TPU_BLOCK == 0
     if backend == "flash":
         return call.platform == "tpu" and tiled
     if backend == "splash":
@@ -156,3 +161,45 @@ def splash_attention(q, k, v, bias=None, mask=None, scale=None, is_causal=False,
 
 
 FUSED = {"xla": xla_attention, "cudnn": cudnn_attention, "flash": flash_attention, "splash": splash_attention}
+PER_SHARD = ("flash", "splash")  # run through `per_shard` under a multi-device mesh
+
+
+def _spec_axes(logical: str, size: int, mesh: Any) -> tuple[str, ...] | None:
+    """The mesh axes the logical axis `logical` maps to under the active flax rules, if they divide `size`."""
+    import flax.linen as nn
+
+    spec = nn.logical_to_mesh_axes((logical,))
+    axes = None if spec is None else spec[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    axes = tuple(a for a in axes if a in mesh.shape)
+    ways = 1
+    for a in axes:
+        ways *= mesh.shape[a]
+    return axes if axes and size > 1 and size % ways == 0 else None
+
+
+def per_shard(fn: Callable[..., Array], mesh: Any, q: Array, k: Array, v: Array, bias: Array | None = None,
+              mask: Array | None = None, **kwargs: Any) -> Array:
+    """`fn(q, k, v, bias=, mask=, **kwargs)` run on each device's block through `jax.shard_map`: q/k/v split on
+    batch and heads, a 4-D bias / mask on the same axes where they are not broadcast (size 1)."""
+    from jax.sharding import PartitionSpec as P
+
+    batch = _spec_axes("batch", q.shape[0], mesh)
+    heads = _spec_axes("heads", q.shape[2], mesh)
+
+    def spec4(x: Array) -> Any:  # [b, h, q, k] bias or mask
+        return P(batch if x.shape[0] > 1 else None, heads if x.shape[1] > 1 else None, None, None)
+
+    qkv = P(batch, None, heads, None)
+    bias = None if bias is None else _as_4d(jnp.asarray(bias))
+    mask = None if mask is None else _as_4d(jnp.asarray(mask, bool))
+    extra = [x for x in (bias, mask) if x is not None]
+
+    def body(q: Array, k: Array, v: Array, *rest: Array) -> Array:
+        it = iter(rest)
+        return fn(q, k, v, bias=None if bias is None else next(it), mask=None if mask is None else next(it),
+                  **kwargs)
+
+    sharded = jax.shard_map(body, mesh=mesh, in_specs=(qkv, qkv, qkv, *(spec4(x) for x in extra)), out_specs=qkv,
+                            check_vma=False)
+    return sharded(q, k, v, *extra)

@@ -39,6 +39,14 @@ def unilm_mask(segment_ids: Array) -> Array:
     return (c[:, None, :] <= c[:, :, None])[:, None]
 
 
+def segment_mask(query_segments: Array, key_segments: Array) -> Array:
+    """[b, 1, q, k]: query i and key j belong to the same packed example (segment ids 1, 2, ...; 0 = padding,
+    which no query sees)."""
+    q = query_segments.astype(jnp.int32)[:, None, :, None]
+    k = key_segments.astype(jnp.int32)[:, None, None, :]
+    return jnp.logical_and(q == k, k > 0)
+
+
 def combine(*masks: Array | None) -> Array | None:
     """Logical AND of the masks that are not None (None if all are)."""
     result = None

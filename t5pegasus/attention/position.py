@@ -39,3 +39,9 @@ def relative_positions(q_len: int, k_len: int, q_offset: Array | int = 0) -> Arr
     q_pos = jnp.arange(q_len)[:, None] + q_offset
     k_pos = jnp.arange(k_len)[None, :]
     return k_pos - q_pos
+
+
+def relative_positions_of(q_positions: Array, k_positions: Array) -> Array:
+    """[b, q, k] matrix of key_pos - query_pos from per-row positions [b, q] and [b, k] (packed rows, where
+    each example's positions start at 0)."""
+    return k_positions.astype(jnp.int32)[:, None, :] - q_positions.astype(jnp.int32)[:, :, None]

@@ -27,6 +27,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("t5pegasus.cli.finetune", "fine-tune a model on seq2seq or LM data"),
     "generate": ("t5pegasus.cli.generate", "generate text from a model"),
     "evaluate": ("t5pegasus.cli.evaluate", "evaluate a model with ROUGE and BLEU"),
+    "similar": ("t5pegasus.cli.similar", "generate sentences similar to each input and rank them (SimBERT)"),
+    "encode": ("t5pegasus.cli.encode", "write the sentence vector of every line of a file (SimBERT)"),
+    "search": ("t5pegasus.cli.search", "find each query's nearest corpus sentences by cosine (SimBERT)"),
 }
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from t5pegasus.cli.options import add_model_kind_arg
 from t5pegasus.convert.detect import FORMATS, detect, tokenizer_files
-from t5pegasus.convert.model_folder import read_weights
+from t5pegasus.convert.model_folder import as_model_kind, read_weights
 from t5pegasus.errors import UserError
 
 
@@ -24,11 +25,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="dtype of the written weights (float32)")
     parser.add_argument("--allow-lossy", action="store_true",
-                        help="export even what the format cannot express exactly (T5 PEGASUS cross-attention "
-                             "bias to HF); the logit difference is printed")
+                        help="export even what the format cannot express (non-default attention switches such "
+                             "as RoPE or RealFormer to HF), and say what was dropped")
     parser.add_argument("--force", action="store_true", help="replace DST if it exists")
     parser.add_argument("--tokenizer", help="tokenizer file to ship with an HF or TF export (vocab.txt or *.model); "
                                             "a run's own tokenizer is shipped by default")
+    add_model_kind_arg(parser, "SRC")
+    parser.add_argument("--vocab", help="give the model this vocabulary (vocab.txt or sentencepiece .model): rows of "
+                                        "tokens SRC's tokenizer has are kept, others are the mean of their old "
+                                        "pieces' rows (docs/convert.md); shipped as DST's tokenizer")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the rows --vocab draws at random (0)")
     parser.add_argument("--num-heads", type=int, help="attention heads (Megatron shards do not record it)")
     parser.add_argument("--shards", type=int, default=1, help="model-parallel ranks of a Megatron export (1)")
     parser.add_argument("--t5-norm", choices=("rms_norm", "layer_norm"),
@@ -48,12 +54,20 @@ def _detect(src: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.src), Path(args.dst)
     src_format = args.src_format or _detect(src)
-    if src_format == args.dst_format and src_format != "megatron":
+    if src_format == args.dst_format and src_format != "megatron" and not args.vocab:
         raise UserError(f"SRC and DST are both {src_format}; nothing to convert")
     if dst.exists() and not args.force:
         raise UserError(f"{dst} exists; choose another destination or pass --force to replace it")
     extra = tokenizer_files(src, src_format, args.tokenizer) if args.dst_format in ("hf", "tf") else {}
     cfg, params = read_weights(src, src_format, step=args.step, ema=args.ema, num_heads=args.num_heads)
+    cfg = as_model_kind(cfg, args.model_kind)
+    if args.vocab:  # --tokenizer is then SRC's own tokenizer, the one the weights were trained with
+        from t5pegasus.convert.revocab import revocab_folder
+
+        result = revocab_folder(cfg, params, src, args.vocab, tokenizer=args.tokenizer, seed=args.seed)
+        cfg, params = result.cfg, result.params
+        extra = tokenizer_files(src, src_format, args.vocab) if args.dst_format in ("hf", "tf") else {}
+        print(result.report.summary())
     if args.dst_format == "hf":
         from t5pegasus.convert.hf_export import save_hf
 

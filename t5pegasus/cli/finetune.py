@@ -8,20 +8,24 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from t5pegasus.cli.options import add_decoding_args, settings_from_args
+from t5pegasus.cli.options import add_decoding_args, add_model_kind_arg, settings_from_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", required=True, metavar="DIR",
-                        help="model to start from: a training run (latest checkpoint), a fine-tuned model or a HF "
-                             "transformers folder (t5 / mt5 / gpt2 / bert)")
+                        help="model to start from: a training run (latest checkpoint), a fine-tuned model, a HF "
+                             "transformers folder (t5 / mt5 / gpt2 / bert) or a TF checkpoint folder such as the T5 "
+                             "PEGASUS release")
     parser.add_argument("--train", required=True, metavar="FILE",
-                        help='training pairs: JSONL {"src": ..., "tgt": ...} or TSV title<TAB>content')
+                        help='training pairs: JSONL {"src": ..., "tgt": ...} or TSV title<TAB>content; for '
+                             '--objective simbert JSONL groups {"text": ..., "synonyms": [...]}')
     parser.add_argument("--dev", required=True, metavar="FILE", help="dev pairs (same formats), scored at each eval")
     parser.add_argument("--output", metavar="DIR", help="run folder (default: runs/finetune-<init folder name>)")
-    parser.add_argument("--objective", choices=("seq2seq", "lm", "unilm"),
-                        help="seq2seq (T5), lm (GPT: prompt + target, loss on the target) or unilm (BERT); "
-                             "default from the model family")
+    parser.add_argument("--objective", choices=("seq2seq", "lm", "unilm", "simbert"),
+                        help="seq2seq (T5), lm (GPT: prompt + target, loss on the target), unilm (BERT) or "
+                             "simbert (BERT: UniLM + in-batch similarity of sentence vectors; dev scored by "
+                             "generating each group's first synonym); default from the model family")
+    add_model_kind_arg(parser, "the --init model")
     parser.add_argument("--ema", action="store_true", help="start from the init run's EMA weights")
     parser.add_argument("--tokenizer", metavar="FILE", help="tokenizer file (default: the init folder's own)")
     parser.add_argument("--steps", type=int, default=1000, help="training steps (1000)")
@@ -70,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     # the real default length (--max-target-len) is known once the model is loaded
     settings = settings_from_args(args, max(1, args.min_length))
     spec = FinetuneSpec(
-        init=args.init, train=args.train, dev=args.dev, output=output, objective=args.objective, ema=args.ema,
+        init=args.init, train=args.train, dev=args.dev, output=output, objective=args.objective,
+        model_kind=args.model_kind, ema=args.ema,
         tokenizer=args.tokenizer, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
         warmup_steps=args.warmup, max_source_len=args.max_source_len, max_target_len=args.max_target_len,
         eval_every=args.eval_every, eval_limit=args.eval_limit, eval_batch_size=args.eval_batch_size,

@@ -2,7 +2,8 @@
 
 With no arguments it runs the embedded demo (`t5pegasus/configs/pretrain-demo.yaml`): T5 PEGASUS-style
 pseudo-summary pretraining of a small model on the People's Daily corpus, on the CPU. Rerunning the same
-command resumes from the latest checkpoint.
+command resumes from the latest checkpoint. `model.init=DIR` starts from a model folder's weights (HF mT5, a
+run, a TF release), re-vocabularised when `data.vocab` is another vocabulary than DIR's own.
 """
 
 from __future__ import annotations
@@ -16,19 +17,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="overrides of the run config with dotted keys, e.g. train.steps=200 "
-                        "optim.learning_rate=3e-4 model.d_model=128 mesh.rules=fsdp")  # fmt: skip
+                        "optim.learning_rate=3e-4 model.d_model=128 mesh.rules=fsdp; model.init=DIR starts from a "
+                        "model folder's weights (with data.vocab=vocab.txt: re-vocabularised to it)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
+    from t5pegasus.convert.init_from import resolve_init
     from t5pegasus.training import runconfig
 
-    cfg = runconfig.load(args.config, args.overrides)
+    # model.init=DIR: the model section from that folder, its weights (re-vocabularised for data.vocab) to start
+    cfg, initial_params = resolve_init(runconfig.load_values(args.config, args.overrides),
+                                       with_weights=not args.print_config)
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
     from t5pegasus.training.loop import train
 
-    result = train(cfg)
+    result = train(cfg, initial_params=initial_params)
     import jax
 
     code = 130 if result.interrupted == "SIGINT" else (143 if result.interrupted == "SIGTERM" else 0)
@@ -56,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if last is not None:
         lines += [
             f"  export:         t5pegasus convert {d} {d}-tf --to tf   (the T5 PEGASUS release format; --to hf "
-            f"for HF transformers, with --allow-lossy for T5 PEGASUS switches; --ema for averaged weights)",
+            f"for HF transformers, T5 PEGASUS loaded with trust_remote_code=True; --ema for averaged weights)",
             f"  generate:       echo '<text>' | t5pegasus generate --model {d}",
             f"  fine-tune:      t5pegasus finetune --init {d} --train TRAIN.jsonl --dev DEV.jsonl",
         ]

@@ -33,16 +33,33 @@ def _unchanged(cfg: ConfigBase, params: dict[str, Any], exact: Tensors) -> dict[
     return params
 
 
+def _no_remote_code(cfg: ConfigBase) -> RemoteCode | None:
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteCode:
+    """Modelling code an HF export ships for what HF's own classes lack, loaded with `trust_remote_code=True`.
+
+    `file` is a module in `t5pegasus/convert/hf_remote/`, copied into the folder; `config` are the keys it adds
+    to config.json (`auto_map` naming the file's classes, and the switches the code reads). The folder keeps
+    its HF `model_type`, so it still loads without the code (and without what the code adds).
+    """
+
+    file: str
+    config: dict[str, Any]
+
+
 @dataclasses.dataclass(frozen=True)
 class HFFormat:
     """A family's mapping to HF transformers.
 
     `config_from_hf(hf_config, tensors)` / `params_from_hf(cfg, tensors)` import; `config_to_hf(cfg)` /
-    `params_to_hf(cfg, params)` export (torch layout, every key HF expects). `lossy(cfg)` says what an
-    export could not express (a sentence; None when exact), and `loss_effect(cfg, params)` measures what that
-    costs (computed only once the export goes ahead). `exact_tensors(cfg,
-    params)` are kept beside the export so a re-import is bit-exact, and `restore_exact(cfg, params, tensors)`
-    puts them back.
+    `params_to_hf(cfg, params)` export (torch layout, every key HF expects). `lossy(cfg)` says what HF's own
+    model classes cannot express (a sentence; None when exact), and `loss_effect(cfg, params)` measures what
+    that costs (computed only once the export goes ahead). `remote_code(cfg)` is the code that computes it
+    anyway (None: there is none, and a lossy export needs `allow_lossy`). `exact_tensors(cfg, params)` are kept
+    beside the export so a re-import is bit-exact, and `restore_exact(cfg, params, tensors)` puts them back.
     """
 
     config_from_hf: Callable[[dict[str, Any], TensorSource], ConfigBase]
@@ -53,6 +70,7 @@ class HFFormat:
     loss_effect: Callable[[Any, Any], str] | None = None
     exact_tensors: Callable[[Any, Any], Tensors] = _no_tensors
     restore_exact: Callable[[Any, dict[str, Any], Tensors], dict[str, Any]] = _unchanged
+    remote_code: Callable[[Any], RemoteCode | None] = _no_remote_code
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,10 @@ write or read.
 
 Which of these a path is, is `t5pegasus.convert.detect.detect`, the one rule for every command.
 
+A Google-BERT-named checkpoint does not say whether it is a plain BERT, a UniLM or a SimBERT (the released
+SimBERT is read as a BERT); `model_kind` (`--model-kind`) states it once, by the family's `model_kinds`, and the
+folders we write from it record it in their config.
+
 The config's special ids are aligned with the tokenizer's ([CLS]/[SEP] for BERT, bos/eos for GPT, ...), since the
 tokenizer decides the ids the data holds and decoding stops at.
 """
@@ -43,8 +47,8 @@ class LoadedModel:
     info: dict[str, Any]  # finetune.json of a fine-tuned model ({} otherwise)
 
 
-def model_kind(path: Path) -> str:
-    """Which kind of model folder `path` is (`run`, `hf`, `tf`, `megatron`), or a UserError saying what a model
+def model_format(path: Path) -> str:
+    """Which format of model folder `path` is (`run`, `hf`, `tf`, `megatron`), or a UserError saying what a model
     folder holds."""
     from t5pegasus.convert.detect import detect
 
@@ -79,6 +83,15 @@ def read_weights(path: Path, kind: str, *, step: int | None = None, ema: bool = 
     raise UserError(f"unknown model format {kind!r}")
 
 
+def as_model_kind(cfg: ConfigBase, kind: str | None) -> ConfigBase:
+    """`cfg` used as model kind `kind` (the family's `model_kinds`, e.g. BERT's `simbert`: the UniLM mask and a
+    linear pooler); None leaves it as read."""
+    if kind is None:
+        return cfg
+    changes = {k: v for k, v in families.of(cfg).model_kind(kind).items() if getattr(cfg, k) != v}
+    return cfg.replace(**changes) if changes else cfg
+
+
 def tokenizer_kind(path: Path, info: dict[str, Any]) -> str:
     """The tokenizer kind a folder recorded, else the one its file suffix implies."""
     kind = info.get("tokenizer_kind")
@@ -99,12 +112,13 @@ def align_special_ids(cfg: ConfigBase, tok: Tokenizer) -> ConfigBase:
 
 
 def load_model(path: str | os.PathLike, *, ema: bool = False, tokenizer: str | os.PathLike | None = None,
-               with_params: bool = True) -> LoadedModel:
-    """Config, params (latest checkpoint; EMA weights with `ema`) and tokenizer of a model folder."""
+               with_params: bool = True, model_kind: str | None = None) -> LoadedModel:
+    """Config, params (latest checkpoint; EMA weights with `ema`) and tokenizer of a model folder, used as
+    `model_kind` when given (see `as_model_kind`)."""
     from t5pegasus.text.load import load_tokenizer
 
     path = Path(path)
-    kind = model_kind(path)
+    kind = model_format(path)
     folder = RunFolder(path if path.is_dir() else path.parent)  # a TF checkpoint may be given by its prefix
     if kind == "run" and RunFolder.holds_run(folder.best.path):
         folder = folder.best  # a fine-tuning run folder: its best model
@@ -117,4 +131,5 @@ def load_model(path: str | os.PathLike, *, ema: bool = False, tokenizer: str | o
         cfg, params = folder.model_config(), None
     else:
         cfg, params = read_weights(path, kind, ema=ema)
+    cfg = as_model_kind(cfg, model_kind)
     return LoadedModel(align_special_ids(cfg, tok), params, tok, tok_path.resolve(), tok_kind, kind, info)

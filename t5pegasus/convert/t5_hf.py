@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from t5pegasus.convert.checkpoint_files import TensorSource
-from t5pegasus.convert.formats import HFFormat
+from t5pegasus.convert.formats import HFFormat, RemoteCode
 from t5pegasus.errors import UserError
 from t5pegasus.families import T5Config
 
@@ -129,12 +129,18 @@ _TO_HF_PROJ = {"relu": "relu", "gated-relu": "gated-relu", "gated-gelu": "gated-
 
 def hf_model_type(cfg: T5Config) -> str:
     """"t5" when HF's T5 reproduces the head exactly (tied and scaled), otherwise "mt5" (untied, unscaled:
-    a logit scale is folded into the exported head)."""
-    return "t5" if cfg.tie_word_embeddings and cfg.logits_scaled else "mt5"
+    a logit scale is folded into the exported head). The T5 PEGASUS cross-attention bias is always "mt5",
+    the classes its remote code extends."""
+    return "t5" if cfg.tie_word_embeddings and cfg.logits_scaled and not _has_cross_bias(cfg) else "mt5"
+
+
+def _has_cross_bias(cfg: T5Config) -> bool:
+    """Whether the model adds the T5 PEGASUS cross-attention bias (it needs relative-bias positions)."""
+    return cfg.cross_attention_bias and cfg.attention.position == "relative_bias"
 
 
 def config_to_hf(cfg: T5Config) -> dict[str, Any]:
-    """A HF T5/MT5 config.json dict for `cfg` (the cross-attention bias has no HF field: see save_hf)."""
+    """A HF T5/MT5 config.json dict for `cfg` (the cross-attention bias is `remote_code`'s: see save_hf)."""
     model_type = hf_model_type(cfg)
     out = {
         "model_type": model_type,
@@ -192,10 +198,23 @@ def params_to_hf(cfg: T5Config, params: dict[str, Any]) -> dict[str, np.ndarray]
 
 
 def lossy(cfg: T5Config) -> str | None:
-    """What an HF export of `cfg` cannot express: the T5 PEGASUS cross-attention position bias."""
-    if not cfg.cross_attention_bias:
+    """What HF's own T5/MT5 classes cannot express: the T5 PEGASUS cross-attention position bias."""
+    if not _has_cross_bias(cfg):
         return None
-    return "a relative position bias in cross-attention (T5 PEGASUS), which HF transformers cannot express"
+    return "a relative position bias in cross-attention (T5 PEGASUS), which HF's MT5 does not have"
+
+
+# The remote code that adds it (t5pegasus/convert/hf_remote/<module>.py) and its model class.
+_REMOTE_MODULE, _REMOTE_MODEL = "modeling_t5pegasus", "T5PegasusForConditionalGeneration"
+
+
+def remote_code(cfg: T5Config) -> RemoteCode | None:
+    """HF's MT5 with the cross-attention bias added, for a model that has one (`lossy`)."""
+    if lossy(cfg) is None:
+        return None
+    return RemoteCode(f"{_REMOTE_MODULE}.py", {
+        "auto_map": {"AutoModelForSeq2SeqLM": f"{_REMOTE_MODULE}.{_REMOTE_MODEL}"},
+        "architectures": [_REMOTE_MODEL], "cross_attention_bias": True})
 
 
 def loss_effect(cfg: T5Config, params: Any) -> str:
@@ -203,16 +222,20 @@ def loss_effect(cfg: T5Config, params: Any) -> str:
     return f"dropping it changes logits by up to {cross_attention_bias_effect(cfg, params):.4g} on a probe batch"
 
 
+def probe_batch(cfg: T5Config, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(encoder ids [2, 32], decoder ids [2, 16]): random non-pad ids, the batch `loss_effect` measures on."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(1, cfg.vocab_size, (2, 32)), rng.integers(1, cfg.vocab_size, (2, 16))
+
+
 def cross_attention_bias_effect(cfg: T5Config, params: Any, seed: int = 0) -> float:
-    """Max |logit difference| on a random probe batch between the model and the same model without the
-    T5 PEGASUS cross-attention bias (what an HF export, which cannot express that bias, loses)."""
+    """Max |logit difference| on `probe_batch` between the model and the same model without the T5 PEGASUS
+    cross-attention bias (what a load of the export as HF's plain MT5 loses)."""
     import jax.numpy as jnp
 
     from t5pegasus.models import T5
 
-    rng = np.random.default_rng(seed)
-    enc = jnp.asarray(rng.integers(1, cfg.vocab_size, (2, 32)), jnp.int32)
-    dec = jnp.asarray(rng.integers(1, cfg.vocab_size, (2, 16)), jnp.int32)
+    enc, dec = (jnp.asarray(x, jnp.int32) for x in probe_batch(cfg, seed))
     with_bias = T5(cfg).apply({"params": params}, enc, dec)
     without = T5(cfg.replace(cross_attention_bias=False)).apply({"params": params}, enc, dec)
     return float(jnp.abs(with_bias - without).max())
@@ -237,4 +260,4 @@ def restore_exact(cfg: T5Config, params: dict[str, Any], exact: dict[str, np.nda
 
 
 FORMAT = HFFormat(config_from_hf, params_from_hf, config_to_hf, params_to_hf, lossy=lossy, loss_effect=loss_effect,
-                  exact_tensors=exact_tensors, restore_exact=restore_exact)
+                  exact_tensors=exact_tensors, restore_exact=restore_exact, remote_code=remote_code)

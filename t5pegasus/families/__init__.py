@@ -44,6 +44,11 @@ class Family:
     `objectives` lists the `objective.kind`s that train it, the default first. `token_ids` maps a config field
     to the tokenizer's special-id roles that fill it (`pad`, `unk`, `bos`, `eos`, `mask`, `decoder_start`; the
     first that the tokenizer has wins). `hf_model_types` are the HF `model_type`s its HF converter reads.
+    `run_config` is the packaged run preset (`t5pegasus/configs/<name>.yaml`) a run of this family starts from
+    when only `model.family` says it: its model preset, objective and data task.
+    `model_kinds` names the models one set of weights can be (BERT: plain, UniLM, SimBERT): config fields that
+    no checkpoint records, which a user states once (`--model-kind`) and which a fine-tuning objective of the
+    same name turns on.
     """
 
     name: str
@@ -56,6 +61,8 @@ class Family:
     hf_model_types: tuple[str, ...] = ()
     tf: Ref | None = None
     megatron: Ref | None = None
+    model_kinds: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    run_config: str | None = None
 
     @property
     def default_objective(self) -> str:
@@ -69,6 +76,13 @@ class Family:
             if found is not None:
                 out[field] = int(found)
         return out
+
+    def model_kind(self, kind: str) -> dict[str, Any]:
+        """The config fields that make a model of this family a `kind` (a UserError naming the kinds)."""
+        if kind not in self.model_kinds:
+            known = ", ".join(self.model_kinds) or "none"
+            raise UserError(f"model kind {kind!r} is not one of the {self.name} family's: {known}")
+        return dict(self.model_kinds[kind])
 
     def converter_ref(self, fmt: str) -> Ref | None:
         """Where the family's converter for `fmt` ("hf", "tf", "megatron") lives (None: it has none)."""

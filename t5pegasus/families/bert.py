@@ -9,6 +9,14 @@ from t5pegasus.config import StackConfig
 from t5pegasus.families import Family, Ref, register
 
 BERT_MASKS = ("bidirectional", "unilm", "causal")
+# What one set of BERT weights can be used as. A Google-BERT-named checkpoint (the released SimBERT is one)
+# records none of this: bert4keras takes the mask and the pooler as build arguments.
+MODEL_KINDS: dict[str, dict[str, Any]] = {
+    "bert": dict(mask="bidirectional", pooler_activation="tanh"),
+    "unilm": dict(mask="unilm"),  # BERT with the seq2seq mask: generates
+    # SimBERT: UniLM whose pooler is linear; its pooled [CLS] vector is the sentence vector.
+    "simbert": dict(mask="unilm", pooler_activation="linear"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +50,8 @@ class BertConfig(StackConfig):
                      max_position_embeddings=64, dropout_rate=0.0, unk_token_id=1, cls_token_id=2, sep_token_id=3,
                      mask_token_id=4),
         "bert-base-chinese": dict(),
-        "unilm-base": dict(mask="unilm"),
-        # SimBERT: UniLM whose pooler is linear (its output is the sentence vector).
-        "simbert-base": dict(mask="unilm", pooler_activation="linear"),
+        "unilm-base": MODEL_KINDS["unilm"],
+        "simbert-base": MODEL_KINDS["simbert"],
     }
 
     @classmethod
@@ -67,11 +74,13 @@ FAMILY = register(Family(
     name="bert",
     config=BertConfig,
     model=Ref("t5pegasus.models.bert:Bert"),
-    objectives=("unilm",),
+    objectives=("unilm", "simbert"),
     decoding=Ref("t5pegasus.decoding.lm_adapters:UniLMDecoding"),
     token_ids={"pad_token_id": ("pad",), "unk_token_id": ("unk",), "cls_token_id": ("bos",),
                "sep_token_id": ("eos",), "mask_token_id": ("mask",)},
     hf=Ref("t5pegasus.convert.bert_hf:FORMAT"),
     hf_model_types=("bert",),
     tf=Ref("t5pegasus.convert.bert_tf:FORMAT"),
+    model_kinds=MODEL_KINDS,
+    run_config="unilm",
 ))

@@ -49,4 +49,5 @@ FAMILY = register(Family(
     hf_model_types=("gpt2",),
     tf=Ref("t5pegasus.convert.gpt2_tf:FORMAT"),
     megatron=Ref("t5pegasus.convert.megatron"),
+    run_config="gpt-lm",
 ))

@@ -7,6 +7,9 @@ malformed line is a UserError naming the file and line.
 Stored examples reuse the pretraining layouts, so the training loop, its grain loader, sharding and resume
 work unchanged:
   seq2seq (T5):      source = [CLS] src [SEP], target = [CLS] tgt [SEP]  (`src </s>`, `tgt </s>` for mT5)
+  simbert (SimBERT): JSONL groups `{"text": ..., "synonyms": [...]}` stored as `t5pegasus.pretrain.groups`
+      does (the loader draws a pair per group and epoch, both orders in a batch); the dev file is scored by
+      generating from each group's text against its first synonym (`group_pairs`).
   prompt (GPT, UniLM): the `unilm` layout, ids = [CLS] src [SEP] tgt [SEP] with segment ids 0 / 1. The UniLM
       objective reads it as is; the GPT `lm` objective reads `ids`, `targets` (ids shifted) and `weights`,
       which the loader sets to 1 only where the next token is target text, so the loss covers the target only.
@@ -28,7 +31,7 @@ from t5pegasus.errors import UserError
 from t5pegasus.text.base import Tokenizer
 
 # objective -> stored task of the prepared dataset
-LAYOUT = {"seq2seq": "seq2seq", "lm": "unilm", "unilm": "unilm"}
+LAYOUT = {"seq2seq": "seq2seq", "lm": "unilm", "unilm": "unilm", "simbert": "simbert"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +110,20 @@ def read_pairs(path: str | os.PathLike, *, need_target: bool = True) -> list[Pai
     return parse_pairs(list(_lines(Path(path))), path, need_target=need_target)
 
 
+def group_pairs(groups: Sequence[Sequence[str]]) -> list[Pair]:
+    """(text, first synonym) of each group that has one: what a SimBERT dev set is scored on."""
+    return [Pair(g[0], g[1]) for g in groups if len(g) >= 2]
+
+
+def read_training_file(path: str | os.PathLike, objective: str) -> list[Any]:
+    """The examples of a fine-tuning file: groups of similar sentences for `simbert`, pairs otherwise."""
+    if LAYOUT.get(objective) == "simbert":
+        from t5pegasus.pretrain.groups import read_groups
+
+        return read_groups(path)
+    return read_pairs(path)
+
+
 # -- tokenized examples --------------------------------------------------------------------------------------------
 
 
@@ -148,18 +165,26 @@ def file_digest(path: str | os.PathLike) -> str:
 
 def prepare_pairs(path: str | os.PathLike, folder: str | os.PathLike, tok: Tokenizer, tokenizer_spec: dict[str, Any],
                   objective: str, max_source_len: int, max_target_len: int,
-                  pairs: Sequence[Pair] | None = None) -> Path:
-    """The prepared dataset of a pair file (`pairs`: its contents, when already read), under
+                  pairs: Sequence[Any] | None = None) -> Path:
+    """The prepared dataset of a pair file (`pairs`: its contents, when already read; groups for simbert), under
     `folder/<stem>-<hash of file, tokenizer, layout, lengths>`, written once (atomically) and reused."""
     from t5pegasus.pretrain.builder import write_dataset
 
     path = Path(path)
-    pairs = read_pairs(path) if pairs is None else pairs
     task = LAYOUT[objective]
+    pairs = read_training_file(path, objective) if pairs is None else pairs
     key = json.dumps({"file": file_digest(path), "tokenizer": tokenizer_spec["path"], "kind": tokenizer_spec["kind"],
                       "task": task, "src": max_source_len, "tgt": max_target_len}, sort_keys=True)
     out = Path(folder) / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if (out / "t5pegasus.json").is_file():
+        return out
+    if task == "simbert":
+        from t5pegasus.pretrain.examples import ExampleConfig
+        from t5pegasus.pretrain.groups import prepare_groups
+
+        prepare_groups([str(path)], out, tok, tokenizer_spec, ExampleConfig(
+            task=task, max_source_len=max_source_len, max_target_len=max_target_len,
+            max_len=max_source_len + max_target_len), overwrite=True, groups=pairs)
         return out
     config = {"task": task, "max_source_len": max_source_len, "max_target_len": max_target_len,
               "max_len": max_source_len + max_target_len}

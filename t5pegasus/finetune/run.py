@@ -16,7 +16,7 @@ from t5pegasus import families
 from t5pegasus.convert.model_folder import LoadedModel, align_special_ids, load_model, tokenizer_kind
 from t5pegasus.decoding import Settings
 from t5pegasus.errors import UserError
-from t5pegasus.finetune.data import LAYOUT, Pair, prepare_pairs, read_pairs
+from t5pegasus.finetune.data import LAYOUT, Pair, group_pairs, prepare_pairs, read_training_file
 from t5pegasus.finetune.metrics import METRICS
 from t5pegasus.training.run_folder import RunFolder
 
@@ -30,6 +30,7 @@ class FinetuneSpec:
     dev: str
     output: str
     objective: str | None = None  # default: the model family's own (seq2seq for T5, lm for GPT, unilm for BERT)
+    model_kind: str | None = None  # what the init model is where its folder does not say (BERT: simbert, ...)
     ema: bool = False  # start from the init run's EMA weights
     tokenizer: str | None = None
     steps: int = 1000
@@ -70,10 +71,12 @@ def _lengths(spec: FinetuneSpec, cfg: Any) -> tuple[int, int]:
 
 
 def _model_dict(cfg: Any, objective: str) -> dict[str, Any]:
+    """The run config's model section: the init model, made the model kind of the objective's name where the
+    family has one (UniLM fine-tuning of a plain BERT: same weights, seq2seq mask; SimBERT: also the linear
+    pooler)."""
     values = cfg.to_dict()
     values.pop("dtype")  # the run config's train.dtype decides the compute dtype
-    if objective == "unilm":
-        values["mask"] = "unilm"  # UniLM fine-tuning of a plain BERT: same weights, seq2seq mask
+    values.update(families.of(cfg).model_kinds.get(objective, {}))
     return values
 
 
@@ -133,7 +136,7 @@ def _start(spec: FinetuneSpec, out: Path, say: Callable[[str], None]) -> tuple[L
         cfg = align_special_ids(run.model_config(), tok)
         return LoadedModel(cfg, None, tok, tok_path.resolve(), kind, "run", info), True
     say(f"loading {spec.init}{' (EMA weights)' if spec.ema else ''}…")
-    return load_model(spec.init, ema=spec.ema, tokenizer=spec.tokenizer), False
+    return load_model(spec.init, ema=spec.ema, tokenizer=spec.tokenizer, model_kind=spec.model_kind), False
 
 
 def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> FinetuneResult:
@@ -150,28 +153,32 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
     if spec.metric not in METRICS:
         raise UserError(f"unknown metric {spec.metric!r}; choose one of: {', '.join(METRICS)}")
     out = Path(spec.output).absolute()
-    # read both files first: a bad file stops before any heavy work
-    train_pairs, dev_pairs = read_pairs(spec.train), read_pairs(spec.dev)
+    if spec.objective is not None and spec.objective not in LAYOUT:
+        raise UserError(f"unknown objective {spec.objective!r}; choose one of: {', '.join(LAYOUT)}")
+    # read both files first: a bad file stops before any heavy work (the objective decides their format; a
+    # family default is pairs)
+    train_pairs = read_training_file(spec.train, spec.objective or "seq2seq")
+    dev_read = read_training_file(spec.dev, spec.objective or "seq2seq")
     loaded, resuming = _start(spec, out, say)
     cfg, tok = loaded.cfg, loaded.tokenizer
     family = families.of(cfg)
     objective = spec.objective or family.default_objective
-    if objective not in LAYOUT:
-        raise UserError(f"unknown objective {objective!r}; choose one of: {', '.join(LAYOUT)}")
     if objective not in family.objectives:
         trains = " or ".join(f.name for f in families.for_objective(objective))
         raise UserError(f"objective {objective} trains a {trains} model; {spec.init} holds a {family.name} model "
                         f"(use --objective {family.default_objective})")
+    dev_pairs = group_pairs(dev_read) if LAYOUT[objective] == "simbert" else dev_read
     lengths = _lengths(spec, cfg)
     tok_spec = tokenizer_spec(loaded.tokenizer_path, tok, loaded.tokenizer_kind)
     data_dir = out / "data"
     datasets = tuple(prepare_pairs(f, data_dir, tok, tok_spec, objective, *lengths, pairs=p)
-                     for f, p in ((spec.train, train_pairs), (spec.dev, dev_pairs)))
+                     for f, p in ((spec.train, train_pairs), (spec.dev, dev_read)))
     run_cfg = _run_config(spec, out, _model_dict(cfg, objective), objective, datasets, lengths)
     model_cfg = run_cfg.model_config()
     settings = (spec.settings or Settings()).replace(max_new_tokens=spec.max_new_tokens or lengths[1])
     info = {"init": str(spec.init), "train": str(Path(spec.train).absolute()), "dev": str(Path(spec.dev).absolute()),
-            "objective": objective, "max_source_len": lengths[0], "max_target_len": lengths[1],
+            "objective": objective, "model_kind": spec.model_kind,
+            "max_source_len": lengths[0], "max_target_len": lengths[1],
             "tokenizer_kind": loaded.tokenizer_kind, "metric": spec.metric,
             "decoding": dataclasses.asdict(settings)}
     if lead:

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import Array
 
-from t5pegasus.attention import causal_mask, combine, key_padding_mask
+from t5pegasus.attention import causal_mask, combine, key_padding_mask, segment_mask
 from t5pegasus.families.gpt import GPTConfig
 from t5pegasus.models.bert import cached_attention_mask, check_cached_decoding
 from t5pegasus.models.layers import (
@@ -75,18 +75,27 @@ class GPT(nn.Module):
 
     `mask` marks real tokens (default: all; padding keys are hidden from every query). Positions default
     to 0..n-1, or continue from the cache with `decode=True` (one cached chunk; see `init_cache`).
+    Packed rows (training): `segment_ids` (1, 2, ... per example, 0 = padding) keep attention causal within
+    each example; pass `positions` restarting at 0 per example.
     """
 
     cfg: GPTConfig
 
     @nn.compact
     def __call__(self, ids: Array, mask: Array | None = None, positions: Array | None = None,
-                 deterministic: bool = True, decode: bool = False) -> Array:
+                 deterministic: bool = True, decode: bool = False, *, segment_ids: Array | None = None) -> Array:
         cfg, kw, std = self.cfg, _kw(self.cfg), self.cfg.initializer_range
         n = ids.shape[1]
+        if segment_ids is not None and mask is None:
+            mask = segment_ids > 0
         valid = jnp.ones(ids.shape, bool) if mask is None else mask.astype(bool)
         key_valid = valid
-        if decode:
+        if segment_ids is not None:
+            if decode:
+                raise ValueError("packed rows (segment_ids) are for training, not cached decoding")
+            offset = 0
+            attn_mask = combine(causal_mask(n), segment_mask(segment_ids, segment_ids))
+        elif decode:
             check_cached_decoding(cfg)
             offset, key_valid, key_count, query_count = DecodeState(name="decode_state")(
                 valid, jnp.zeros_like(ids))

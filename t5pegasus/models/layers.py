@@ -168,8 +168,11 @@ class RelativePositionBias(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, q_len: int, k_len: int, q_offset: Array | int = 0) -> Array:
-        from t5pegasus.attention import relative_position_bucket, relative_positions
+    def __call__(self, q_len: int, k_len: int, q_offset: Array | int = 0, *, q_positions: Array | None = None,
+                 k_positions: Array | None = None) -> Array:
+        """The bias of `q_len` queries from `q_offset` against `k_len` keys from 0 ([1, h, q, k]); or, given
+        per-row `q_positions` [b, q] and `k_positions` [b, k] (packed examples, each from 0), [b, h, q, k]."""
+        from t5pegasus.attention import relative_position_bucket, relative_positions, relative_positions_of
 
         table = self.param(
             "rel_embedding",
@@ -177,11 +180,13 @@ class RelativePositionBias(nn.Module):
             (self.num_buckets, self.num_heads),
             self.param_dtype,
         )
-        buckets = relative_position_bucket(
-            relative_positions(q_len, k_len, q_offset), self.bidirectional, self.num_buckets, self.max_distance
-        )
-        bias = jnp.take(table, buckets, axis=0)  # [q, k, h]
-        return jnp.transpose(bias, (2, 0, 1))[None].astype(jnp.float32)
+        if q_positions is None or k_positions is None:
+            relative = relative_positions(q_len, k_len, q_offset)[None]
+        else:
+            relative = relative_positions_of(q_positions, k_positions)
+        buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
+        bias = jnp.take(table, buckets, axis=0)  # [b or 1, q, k, h]
+        return jnp.transpose(bias, (0, 3, 1, 2)).astype(jnp.float32)
 
 
 def performer_projection(module: nn.Module, options: AttentionConfig, head_dim: int,
@@ -360,8 +365,7 @@ class MultiHeadAttention(nn.Module):
         if o.kind != "softmax" or o.rerope:
             return False
         call = kernels.Call(platform=jax.default_backend(), dtype=dtype, q_len=1, k_len=1, head_dim=self.head_dim,
-                            has_bias=False, has_mask=True, training=False,
-                            multi_device=jax.sharding.get_abstract_mesh().size > 1)
+                            has_bias=False, has_mask=True, training=False)
         return kernels.resolve_backend(o.backend, call) == "einsum"
 
     def _update_cache(self, k: Array, v: Array, positions: Array | None = None,

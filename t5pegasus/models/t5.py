@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import Array
 
-from t5pegasus.attention import causal_mask, combine, key_padding_mask, padding_mask
+from t5pegasus.attention import causal_mask, combine, key_padding_mask, padding_mask, segment_mask
 from t5pegasus.families.t5 import T5Config
 from t5pegasus.models.layers import (
     Dense,
@@ -127,36 +127,49 @@ class DecoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Embedded tokens -> contextual states [batch, length, d_model]."""
+    """Embedded tokens -> contextual states [batch, length, d_model].
+
+    Packed rows (`segment_ids` 1, 2, ... per example, 0 = padding; `positions` from 0 per example): a token
+    attends only within its example. The shared relative bias stays the row's: a packed example occupies
+    consecutive slots, so key - query distances inside it are its own.
+    """
 
     cfg: T5Config
     shared: Embed
 
     @nn.compact
-    def __call__(self, ids: Array, mask: Array, deterministic: bool = True) -> Array:
+    def __call__(self, ids: Array, mask: Array, deterministic: bool = True, segment_ids: Array | None = None,
+                 positions: Array | None = None) -> Array:
         cfg = self.cfg
         x = nn.Dropout(cfg.dropout_rate)(self.shared(ids), deterministic=deterministic)
         x = constrain(x, EDGE)
         n = ids.shape[1]
         relpos = _relative_bias(cfg, bidirectional=True)
         bias = None if relpos is None else relpos(n, n)
-        attn_mask = padding_mask(mask, mask)
+        attn_mask = padding_mask(mask, mask) if segment_ids is None else segment_mask(segment_ids, segment_ids)
+        positions = jnp.arange(n)[None, :] if positions is None else positions
         scores = initial_scores(cfg, ids.shape[0], n, n)
-        x = run_layers(self, EncoderLayer, cfg.num_encoder_layers, x, (bias, attn_mask, jnp.arange(n)[None, :]),
+        x = run_layers(self, EncoderLayer, cfg.num_encoder_layers, x, (bias, attn_mask, positions),
                        scores, deterministic=deterministic)
         x = _norm(cfg, "final_norm")(x)
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
 class Decoder(nn.Module):
-    """Decoder stack and LM head: target ids + encoder states -> logits [batch, length, vocab] (float32)."""
+    """Decoder stack and LM head: target ids + encoder states -> logits [batch, length, vocab] (float32).
+
+    `packing` (training on packed rows): (decoder segment ids, decoder positions, encoder segment ids, encoder
+    positions). Self-attention is then causal within the token's example, cross-attention sees that example's
+    encoder tokens, and the cross-attention bias (T5 PEGASUS) measures each example's own positions.
+    """
 
     cfg: T5Config
     shared: Embed
 
     @nn.compact
     def __call__(self, ids: Array, encoded: Array, encoder_mask: Array, decoder_mask: Array | None = None,
-                 deterministic: bool = True, decode: bool = False) -> Array:
+                 deterministic: bool = True, decode: bool = False,
+                 packing: tuple[Array, Array, Array, Array] | None = None) -> Array:
         cfg = self.cfg
         q_len, k_len = ids.shape[1], ids.shape[1]
         offset: Array | int = 0
@@ -177,10 +190,17 @@ class Decoder(nn.Module):
         if decoder_mask is not None and not decode:
             self_mask = combine(self_mask, key_padding_mask(decoder_mask, q_len))
         cross_bias = None
-        if cfg.cross_attention_bias and relpos is not None:
-            cross_bias = relpos(q_len, encoded.shape[1], offset)
-        cross_mask = key_padding_mask(encoder_mask, q_len)
         positions = offset + jnp.arange(q_len)[None, :]
+        if packing is None:
+            cross_mask = key_padding_mask(encoder_mask, q_len)
+            if cfg.cross_attention_bias and relpos is not None:
+                cross_bias = relpos(q_len, encoded.shape[1], offset)
+        else:
+            segments, positions, encoder_segments, encoder_positions = packing
+            self_mask = combine(self_mask, segment_mask(segments, segments))
+            cross_mask = segment_mask(segments, encoder_segments)
+            if cfg.cross_attention_bias and relpos is not None:
+                cross_bias = relpos(q_len, encoded.shape[1], q_positions=positions, k_positions=encoder_positions)
         scores = initial_scores(cfg, ids.shape[0], q_len, k_len, encoded.shape[1])
         x = run_layers(self, DecoderLayer, cfg.num_decoder_layers, x,
                        (encoded, self_bias, self_mask, cross_bias, cross_mask, positions), scores,
@@ -220,24 +240,36 @@ class T5(nn.Module):
     def encoder_mask(self, encoder_ids: Array) -> Array:
         return encoder_ids != self.cfg.pad_token_id
 
-    def encode(self, encoder_ids: Array, encoder_mask: Array | None = None, deterministic: bool = True) -> Array:
-        """Encoder states [batch, src_len, d_model] (dtype of the compute)."""
+    def encode(self, encoder_ids: Array, encoder_mask: Array | None = None, deterministic: bool = True,
+               segment_ids: Array | None = None, positions: Array | None = None) -> Array:
+        """Encoder states [batch, src_len, d_model] (dtype of the compute); packed rows with `segment_ids`."""
         if encoder_mask is None:
             encoder_mask = self.encoder_mask(encoder_ids)
-        return self.encoder(encoder_ids, encoder_mask, deterministic=deterministic)
+        return self.encoder(encoder_ids, encoder_mask, deterministic=deterministic, segment_ids=segment_ids,
+                            positions=positions)
 
     def decode(self, encoded: Array, encoder_mask: Array, decoder_ids: Array, decoder_mask: Array | None = None,
-               deterministic: bool = True, decode: bool = False) -> Array:
+               deterministic: bool = True, decode: bool = False,
+               packing: tuple[Array, Array, Array, Array] | None = None) -> Array:
         """Logits for `decoder_ids` given encoder states; with `decode=True`, one cached step."""
         return self.decoder(decoder_ids, encoded, encoder_mask, decoder_mask, deterministic=deterministic,
-                            decode=decode)
+                            decode=decode, packing=packing)
 
     def __call__(self, encoder_ids: Array, decoder_ids: Array, encoder_mask: Array | None = None,
-                 decoder_mask: Array | None = None, deterministic: bool = True) -> Array:
+                 decoder_mask: Array | None = None, deterministic: bool = True, *,
+                 encoder_segment_ids: Array | None = None, encoder_positions: Array | None = None,
+                 decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None) -> Array:
+        """Packed rows (training): all four `*_segment_ids` / `*_positions` given (segment ids 1, 2, ... per
+        example, 0 = padding; positions from 0 per example); no attention crosses an example."""
         if encoder_mask is None:
             encoder_mask = self.encoder_mask(encoder_ids)
-        encoded = self.encode(encoder_ids, encoder_mask, deterministic=deterministic)
-        return self.decode(encoded, encoder_mask, decoder_ids, decoder_mask, deterministic=deterministic)
+        encoded = self.encode(encoder_ids, encoder_mask, deterministic=deterministic,
+                              segment_ids=encoder_segment_ids, positions=encoder_positions)
+        packing = None
+        if encoder_segment_ids is not None:
+            packing = (decoder_segment_ids, decoder_positions, encoder_segment_ids, encoder_positions)
+        return self.decode(encoded, encoder_mask, decoder_ids, decoder_mask, deterministic=deterministic,
+                           packing=packing)
 
 
 def init_cache(model: T5, params: Any, encoded: Array, encoder_mask: Array, max_length: int,

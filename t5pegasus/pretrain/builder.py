@@ -39,9 +39,11 @@ class T5pegasusExamples(tfds.core.GeneratorBasedBuilder):
     # when the builder lives in a regular package; this file is the answer.
     code_path = epath.Path(__file__)
 
-    def __init__(self, *, examples: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None, **kwargs):
+    def __init__(self, *, examples: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+                 beam_examples: Any = None, **kwargs):
         super().__init__(**kwargs)
         self._examples = examples
+        self._beam_examples = beam_examples  # a Beam PTransform of (key, example) pairs: tfds runs it with Beam
 
     def _info(self) -> tfds.core.DatasetInfo:
         names = FEATURES[self.builder_config.name]
@@ -52,20 +54,26 @@ class T5pegasusExamples(tfds.core.GeneratorBasedBuilder):
         return {"train": self._generate_examples()}
 
     def _generate_examples(self):
+        if self._beam_examples is not None:
+            return self._beam_examples
         if self._examples is None:
             raise RuntimeError("no example source given")
-        yield from enumerate(self._examples())
+        return enumerate(self._examples())
 
 
 def write_dataset(
     out_dir: str | os.PathLike,
     task: str,
-    examples: Callable[[], Iterable[dict[str, np.ndarray]]],
-    metadata: Callable[[], dict[str, Any]],
+    examples: Callable[[], Iterable[dict[str, np.ndarray]]] | None,
+    metadata: Callable[[], dict[str, Any]] | None,
     *,
     overwrite: bool = False,
+    beam: tuple[Callable[[Path], Any], Callable[[Path], dict[str, Any]], Any] | None = None,
 ) -> Path:
-    """Write examples as array_record shards plus `t5pegasus.json` (`metadata()` is called after)."""
+    """Write examples as array_record shards plus `t5pegasus.json` (`metadata()` is called after).
+
+    With `beam` = (transform(tmp), metadata(tmp), tfds DownloadConfig) the examples come from a Beam transform of
+    (key, example) pairs that tfds runs on the config's runner, in place of `examples` / `metadata`."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise UserError(f"{out_dir} exists; choose another output or pass --overwrite")
@@ -78,15 +86,19 @@ def write_dataset(
                 count[0] += 1
                 yield ex
 
-        builder = T5pegasusExamples(examples=counted, config=task, data_dir=str(tmp), file_format="array_record")
+        kwargs: dict[str, Any] = {}
+        if beam is not None:
+            kwargs = {"beam_examples": beam[0](tmp)}
+        builder = T5pegasusExamples(examples=None if beam else counted, config=task, data_dir=str(tmp),
+                                    file_format="array_record", **kwargs)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # tfds prints a banner; our caller reports
-                builder.download_and_prepare()
+                builder.download_and_prepare(**({"download_config": beam[2]} if beam else {}))
         except AssertionError:
             if count[0] == 0:  # tfds refuses an empty split
                 raise UserError("no examples were produced from the input (empty or unusable documents)") from None
             raise
-        meta = dict(metadata())
+        meta = dict(beam[1](tmp) if beam else metadata())
         meta["task"] = task
         meta["tfds_dir"] = str(Path(builder.data_dir).relative_to(tmp))
         meta["num_examples"] = int(builder.info.splits["train"].num_examples)

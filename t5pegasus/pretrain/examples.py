@@ -8,6 +8,8 @@ Stored features per task:
   seq2seq (T5 PEGASUS greedy LCS) and pegasus (Ind-Orig, masks):  source, target  (each with specials)
   lm:     ids   (bos? document eos)
   unilm:  ids = [CLS] source [SEP] target [SEP], segment_ids (0 source, 1 target)
+  simbert: ids (a group's sentences, one after another), lengths (their token counts); made from JSONL
+           groups of similar sentences by `t5pegasus.pretrain.groups`, not from documents
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from t5pegasus.pretrain.pseudo_summary import greedy_lcs_selection, ind_orig_sel
 from t5pegasus.pretrain.sentences import join_sentences, pack_sentences, split_sentences
 from t5pegasus.text.base import Tokenizer
 
-TASKS = ("seq2seq", "pegasus", "lm", "unilm")
+TASKS = ("seq2seq", "pegasus", "lm", "unilm", "simbert")
 FEATURES = {"seq2seq": ("source", "target"), "pegasus": ("source", "target"), "lm": ("ids",),
-            "unilm": ("ids", "segment_ids")}  # fmt: skip
+            "unilm": ("ids", "segment_ids"), "simbert": ("ids", "lengths")}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class ExampleMaker:
     def __init__(self, tokenizer: Tokenizer, config: ExampleConfig | None = None) -> None:
         self.tok = tokenizer
         self.cfg = config or ExampleConfig()
+        if self.cfg.task == "simbert":
+            raise ValueError("simbert examples come from JSONL groups (t5pegasus.pretrain.groups), not documents")
         self.stats: Counter[str] = Counter()
 
     def documents(self, text: str) -> list[list[str]]:

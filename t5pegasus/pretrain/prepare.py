@@ -69,23 +69,40 @@ def prepare_dataset(
     tfds_data_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
+    workers: int = 1,
 ) -> Counter[str]:
-    """Write the dataset; return the counts (files, documents read / used / dropped by reason, examples)."""
+    """Write the dataset; return the counts (files, documents read / used / dropped by reason, examples).
+
+    `workers` > 1 makes the examples in that many processes (documents read here, in chunks, results taken back
+    in input order), so the dataset is the same as with one: every example's randomness is seeded by its own
+    text. The tokenizer is rebuilt in each worker from `tokenizer_info`'s path and kind."""
     from tqdm import tqdm
 
     from t5pegasus.pretrain.builder import write_dataset
 
     stats: Counter[str] = Counter()
-    maker = ExampleMaker(tokenizer, config)
+    made: Counter[str] = Counter()  # what the example makers counted (in this process or the workers)
     show = sys.stderr.isatty() if progress is None else progress
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, not {workers}")
 
-    def examples():
+    def documents() -> Iterator[str]:
         docs = iter_source_documents(list(inputs), stats, doc_sep, tfds_data_dir)
-        for doc in tqdm(docs, desc="documents", unit=" doc", disable=not show, file=sys.stderr):
-            yield from maker(doc)
+        yield from tqdm(docs, desc="documents", unit=" doc", disable=not show, file=sys.stderr)
+
+    def examples() -> Iterator[dict[str, Any]]:
+        if workers == 1:
+            maker = ExampleMaker(tokenizer, config)
+            for doc in documents():
+                yield from maker(doc)
+            made.update(maker.stats)
+            return
+        for chunk_examples, chunk_stats in _in_workers(documents(), tokenizer_info, config, workers):
+            made.update(chunk_stats)
+            yield from chunk_examples
 
     def metadata() -> dict[str, Any]:
-        stats.update(maker.stats)
+        stats.update(made)
         return {
             "inputs": [str(Path(i).resolve()) if Path(i).exists() else i for i in inputs],
             "tokenizer": tokenizer_info,
@@ -95,6 +112,51 @@ def prepare_dataset(
 
     write_dataset(out_dir, config.task, examples, metadata, overwrite=overwrite)
     return stats
+
+
+CHUNK_DOCUMENTS = 64  # documents per task sent to a worker
+_WORKER: dict[str, ExampleMaker] = {}
+
+
+def _start_worker(tokenizer_path: str, tokenizer_kind: str, config: ExampleConfig) -> None:
+    from t5pegasus.text.load import load_tokenizer
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker
+    _WORKER["maker"] = ExampleMaker(load_tokenizer(tokenizer_path, kind=tokenizer_kind), config)
+
+
+def _make_chunk(docs: list[str]) -> tuple[list[dict[str, Any]], Counter[str]]:
+    maker = _WORKER["maker"]
+    maker.stats = Counter()
+    out = [ex for doc in docs for ex in maker(doc)]
+    return out, maker.stats
+
+
+def _in_workers(docs: Iterator[str], tokenizer_info: dict[str, Any], config: ExampleConfig,
+                workers: int) -> Iterator[tuple[list[dict[str, Any]], Counter[str]]]:
+    """(examples, counts) per chunk of documents, made by `workers` processes, in input order; at most two
+    chunks per worker are in flight, so memory stays bounded whatever the corpus size."""
+    import collections
+    import itertools
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads (jieba, XLA)
+    args = (str(tokenizer_info["path"]), str(tokenizer_info["kind"]), config)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=args) as pool:
+        pending: collections.deque = collections.deque()
+        chunks = iter(lambda: list(itertools.islice(docs, CHUNK_DOCUMENTS)), [])
+        for chunk in chunks:
+            pending.append(pool.submit(_make_chunk, chunk))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def summary_lines(stats: Counter[str]) -> list[str]:

@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from t5pegasus.errors import UserError
 
@@ -72,26 +73,35 @@ def decode_document(raw: bytes, stats: Counter[str]) -> str | None:
 
 def read_documents(paths: Iterable[str | os.PathLike], stats: Counter[str], doc_sep: str = "line") -> Iterator[str]:
     """Documents of all files, in order; `stats` counts files and documents read, skipped and repaired."""
-    if doc_sep not in ("line", "blank"):
-        raise UserError(f"unknown document separator {doc_sep!r}; use line or blank")
+    check_doc_sep(doc_sep)
     files = list_files(paths)
     if not files:
         raise UserError("no input files found")
     for path in files:
         with open(path, "rb") as f:
-            head = f.read(8192)
-            if not head:
-                stats["files: empty"] += 1
-                continue
-            if b"\x00" in head:
-                stats["files: skipped binary"] += 1
-                continue
-            f.seek(0)
-            stats["files: read"] += 1
-            for raw in _blocks(f, doc_sep):
-                if not raw.strip():
-                    continue
-                stats["documents read"] += 1
-                text = decode_document(raw, stats)
-                if text is not None:
-                    yield text
+            yield from file_documents(f, stats, doc_sep)
+
+
+def check_doc_sep(doc_sep: str) -> None:
+    if doc_sep not in ("line", "blank"):
+        raise UserError(f"unknown document separator {doc_sep!r}; use line or blank")
+
+
+def file_documents(f: BinaryIO, stats: Counter[str], doc_sep: str) -> Iterator[str]:
+    """Documents of one open binary file (a local file, or one a Beam file system opened), counted in `stats`."""
+    head = f.read(8192)
+    if not head:
+        stats["files: empty"] += 1
+        return
+    if b"\x00" in head:
+        stats["files: skipped binary"] += 1
+        return
+    f.seek(0)
+    stats["files: read"] += 1
+    for raw in _blocks(f, doc_sep):
+        if not raw.strip():
+            continue
+        stats["documents read"] += 1
+        text = decode_document(raw, stats)
+        if text is not None:
+            yield text

@@ -27,6 +27,18 @@ def load_tokenizer(path: str | os.PathLike, *, kind: str = "auto", cpm: bool = F
     raise UserError(f"unknown tokenizer kind {kind!r}; use wordpiece, sentencepiece or cpm")
 
 
+def kind_of(tokenizer: Tokenizer) -> str:
+    """The kind `load_tokenizer` takes to build `tokenizer` again (wordpiece, sentencepiece or cpm)."""
+    from t5pegasus.text.spm import SentencePieceTokenizer
+    from t5pegasus.text.wordpiece import BertJiebaTokenizer
+
+    if isinstance(tokenizer, BertJiebaTokenizer):
+        return "wordpiece"
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        return "cpm" if tokenizer.cpm else "sentencepiece"
+    raise UserError(f"unknown tokenizer type {type(tokenizer).__name__}")
+
+
 def tokenizer_spec(path: str | os.PathLike, tokenizer: Tokenizer, kind: str) -> dict[str, Any]:
     """What a dataset records about its tokenizer: file, kind, size and special ids."""
     return {"path": str(Path(path).resolve()), "kind": kind, "vocab_size": tokenizer.vocab_size,

@@ -40,7 +40,7 @@ CJK_PUNCTUATION = (
 )
 
 
-def _glued(ch: str) -> bool:
+def is_glued(ch: str) -> bool:
     """Written without spaces around it: CJK ideographs and full-width forms (１９９８年, ＡＢＣ)."""
     return is_cjk(ch) or unicodedata.east_asian_width(ch) in ("F", "W")
 
@@ -228,11 +228,11 @@ class BertJiebaTokenizer(Tokenizer):
         for i, token in enumerate(tokens):
             if token[:2] == "##":
                 text += token[2:]
-            elif len(token) == 1 and _glued(token):
+            elif len(token) == 1 and is_glued(token):
                 text += token
             elif len(token) == 1 and is_punctuation(token):
                 text += token + " "
-            elif i > 0 and text and _glued(text[-1]):
+            elif i > 0 and text and is_glued(text[-1]):
                 text += token
             else:
                 text += " " + token
@@ -295,7 +295,12 @@ class BertJiebaTokenizer(Tokenizer):
             tokens.extend(self._wordpiece(word))
         return tokens
 
-    def _wordpiece(self, word: str) -> list[str]:
+    def wordpiece(self, word: str, *, continuation: bool = False) -> list[str]:
+        """Greedy longest-match WordPiece of one word, token strings (a piece that matches nothing is returned
+        as it is, i.e. not in the vocab); with `continuation` the first piece is a `##` piece too."""
+        return self._wordpiece(word, continuation)
+
+    def _wordpiece(self, word: str, continuation: bool = False) -> list[str]:
         if len(word) > self.word_maxlen:
             return [word]
         tokens, start = [], 0
@@ -303,7 +308,7 @@ class BertJiebaTokenizer(Tokenizer):
             end = len(word)
             while end > start:
                 sub = word[start:end]
-                if start > 0:
+                if start > 0 or continuation:
                     sub = "##" + sub
                 if sub in self._vocab:
                     break

@@ -71,7 +71,40 @@ def _write_split(cfg: DataConfig, folder: Path, say: Any) -> tuple[Path, Path]:
     return paths
 
 
+def _build_groups(cfg: DataConfig, folder: Path, say: Any) -> None:
+    """The simbert task: the corpus is JSONL group files; every n-th group is held out."""
+    from t5pegasus.pretrain.examples import ExampleConfig
+    from t5pegasus.pretrain.groups import prepare_groups, read_groups
+    from t5pegasus.text.load import load_tokenizer, tokenizer_spec
+    from t5pegasus.text.vocab import build_wordpiece_vocab, save_vocab
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if not cfg.corpus or cfg.corpus == "peoples-daily":
+        raise UserError("data.task simbert reads JSONL groups of similar sentences ({\"text\": ..., \"synonyms\": "
+                        "[...]}): give data.corpus=GROUPS.jsonl, or data.dataset=DIR from `t5pegasus prepare --task "
+                        "simbert`")
+    corpus = [cfg.corpus] if isinstance(cfg.corpus, str) else list(cfg.corpus)
+    read = [g for path in corpus for g in read_groups(path)]
+    nth = cfg.eval_every_nth
+    held = [g for i, g in enumerate(read) if nth and i % nth == nth - 1]
+    train = [g for i, g in enumerate(read) if not (nth and i % nth == nth - 1)]
+    say(f"corpus: {len(train)} training and {len(held)} held-out groups of similar sentences")
+    vocab = Path(cfg.vocab) if cfg.vocab else folder / "vocab.txt"
+    if not cfg.vocab and not vocab.exists():
+        say(f"building a {cfg.vocab_size}-token WordPiece vocabulary (characters + jieba words)…")
+        save_vocab(build_wordpiece_vocab([s for g in train for s in g], cfg.vocab_size, min_count=2), vocab)
+    tok = load_tokenizer(vocab)
+    kind = "sentencepiece" if vocab.suffix == ".model" else "wordpiece"
+    ex = ExampleConfig(task=cfg.task, max_source_len=cfg.max_source_len, max_target_len=cfg.max_target_len,
+                       max_len=cfg.max_len)
+    for name, part in (("train", train), ("eval", held)):
+        if part and not (folder / name).exists():
+            prepare_groups(corpus, folder / name, tok, tokenizer_spec(vocab, tok, kind), ex, groups=part)
+
+
 def _build(cfg: DataConfig, folder: Path, say: Any) -> None:
+    if cfg.task == "simbert":
+        return _build_groups(cfg, folder, say)
     from t5pegasus.pretrain.examples import ExampleConfig
     from t5pegasus.pretrain.prepare import prepare_dataset
     from t5pegasus.text.load import load_tokenizer, tokenizer_spec
@@ -119,12 +152,15 @@ def prepare(cfg: DataConfig, say: Any = print) -> PreparedData:
 
 
 def loader(path: Path, cfg: DataConfig, *, seed: int, shuffle: bool, max_lengths: dict[str, int],
-           rows: list[int] | None = None) -> Any:
+           pack: dict[str, int] | None = None, rows: list[int] | None = None) -> Any:
     """This process's batch iterator: its `rows` of each global batch of `data.batch_size` (default: its
-    contiguous block; the loop passes the rows its devices hold, `mesh.process_rows`)."""
+    contiguous block; the loop passes the rows its devices hold, `mesh.process_rows`); `pack` (row lengths by
+    name, {} for the example lengths): packed rows."""
     from t5pegasus.pretrain.loader import make_dataset
 
     n = jax.process_count()
     if rows is None and cfg.batch_size % n:
         raise UserError(f"data.batch_size {cfg.batch_size} does not split over {n} processes")
-    return make_dataset(path, batch_size=cfg.batch_size, seed=seed, shuffle=shuffle, rows=rows, **max_lengths)
+    packed = {} if pack is None else {"pack": True, "pack_lengths": pack or None}
+    return make_dataset(path, batch_size=cfg.batch_size, seed=seed, shuffle=shuffle, rows=rows, **max_lengths,
+                        **packed)

@@ -124,16 +124,18 @@ class MetricsLog:
             self.tb.close()
 
 
-SHOWN = ("loss", "accuracy", "learning_rate", "grad_norm", "tokens_per_s", "step_time", "mfu", "skipped",
-         "nonfinite_loss", "bad_in_a_row")
+SHOWN = ("loss", "accuracy", "learning_rate", "grad_norm", "tokens_per_s", "step_time", "data_wait", "mfu",
+         "skipped", "nonfinite_loss", "bad_in_a_row", "nonfinite_steps")
 
 
 def _fmt(k: str, v: Any) -> str:
     short = {"learning_rate": "lr", "tokens_per_s": "tok/s", "step_time": "s/step", "accuracy": "acc",
-             "grad_norm": "|g|", "nonfinite_loss": "not finite, update skipped: loss",
-             "bad_in_a_row": "in a row"}.get(k, k)
+             "grad_norm": "|g|", "nonfinite_loss": "not finite, update skipped: last loss",
+             "bad_in_a_row": "in a row", "nonfinite_steps": "steps"}.get(k, k)
     if k in ("tokens_per_s",):
         return f"{short}={v:,.0f}"
+    if k == "data_wait":  # seconds per step the loop waited for its next batch
+        return f"data_wait={1000 * v:.1f}ms"
     if k == "mfu":
         return f"mfu={100 * v:.1f}%"
     if k in ("learning_rate",):

@@ -7,6 +7,7 @@
     <run>/checkpoints/<step>/state     orbax TrainState (params, opt_state, ema); `data` beside it holds
                                        every process's data position
     <run>/finetune.json                what a fine-tuning run was asked (lengths, objective, decoding)
+    <run>/revocab.json                 a run started from a model with another vocabulary: how its rows were set
     <run>/best/                        a fine-tuning run's best model: itself a run folder (params-only state,
                                        its tokenizer file inside, metrics.json with the dev scores)
 """
@@ -31,6 +32,7 @@ TOKENIZER_RECORD = "tokenizer.txt"
 CHECKPOINTS = "checkpoints"
 STATE = "state"
 INFO = "finetune.json"
+REVOCAB = "revocab.json"
 METRICS = "metrics.json"
 BEST = "best"
 # Tokenizer files a folder may hold itself (a HF folder or a copied run), in the order they are looked for.
@@ -108,6 +110,13 @@ class RunFolder:
     def info(self) -> dict[str, Any]:
         """finetune.json ({} for a pretraining run or a foreign folder)."""
         return _json(self.path / INFO) or {}
+
+    def write_revocab_report(self, report: dict[str, Any]) -> None:
+        write_text(self.path / REVOCAB, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+
+    def revocab_report(self) -> dict[str, Any] | None:
+        """revocab.json of a run that started from a re-vocabularised model (None otherwise)."""
+        return _json(self.path / REVOCAB)
 
     def metrics(self) -> dict[str, Any] | None:
         """metrics.json of a best model (None when there is none)."""

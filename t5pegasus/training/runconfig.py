@@ -62,19 +62,29 @@ class DataConfig:
     corpus: str | list[str] = "peoples-daily"  # 'peoples-daily' or text files / dirs (blank-line documents)
     vocab: str | None = None  # vocab.txt / sentencepiece .model; None = build a WordPiece vocab from the corpus
     vocab_size: int = 8000
-    task: str = "seq2seq"  # prepare --task: seq2seq (T5 PEGASUS), pegasus, lm, unilm
+    task: str = "seq2seq"  # prepare --task: seq2seq (T5 PEGASUS), pegasus, lm, unilm, simbert
     max_source_len: int = 256
     max_target_len: int = 64
     max_len: int = 256
     eval_every_nth: int = 50  # every n-th document is held out for evaluation (corpus builds)
-    batch_size: int = 16  # global, over all processes
+    batch_size: int = 16  # global, over all processes (rows, when packed)
     shuffle: bool = True
+    # several examples per row, attention kept within each: true (rows as long as the examples) or the row
+    # lengths, {source: N, target: M} (seq2seq) / {length: N} (lm)
+    pack: bool | dict[str, int] = False
+
+    @property
+    def pack_rows(self) -> dict[str, int] | None:
+        """None when not packing; else the packed row lengths by name ({}: the example lengths)."""
+        if self.pack is False:
+            return None
+        return dict(self.pack) if isinstance(self.pack, dict) else {}
     cache_dir: str = "runs/cache"
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    kind: str = "seq2seq"  # seq2seq | lm | unilm
+    kind: str = "seq2seq"  # seq2seq | lm | unilm | simbert
     label_smoothing: float = 0.0
     z_loss: float = 0.0
 
@@ -143,7 +153,7 @@ class RunConfig:
     name: str
     output_dir: str
     seed: int
-    model: dict[str, Any]  # {family: t5, preset: NAME, <field>: value, ...}
+    model: dict[str, Any]  # {family: t5, preset: NAME, <field>: value, ...}; or {init: DIR, family, <every field>}
     data: DataConfig
     objective: ObjectiveConfig
     optim: OptimConfig
@@ -178,6 +188,10 @@ class RunConfig:
     def model_config(self, **fixed: Any) -> Any:
         """The model config: family preset + overrides + `fixed` (vocab size and special ids from the data)."""
         values = dict(self.model)
+        if "init" in values and "family" not in values:
+            raise UserError(f"model.init={values['init']}: the model section comes from that folder; resolve it "
+                            f"first (t5pegasus.convert.init_from.resolve_init, as `t5pegasus pretrain` does)")
+        values.pop("init", None)  # the folder the weights came from (recorded; the fields beside it are the config)
         values.pop("family", None)
         preset = values.pop("preset", None)
         cls = self.family.config
@@ -274,9 +288,28 @@ def _check(cfg: RunConfig) -> None:
         raise UserError("checkpoint.every and checkpoint.keep must be at least 1")
     if cfg.distributed.heartbeat_timeout < 1 or cfg.distributed.stop_check_every < 1:
         raise UserError("distributed.heartbeat_timeout and distributed.stop_check_every must be at least 1")
+    if cfg.data.pack is not False:
+        _check_pack(cfg)
     # Every model.* key, the family and the preset, checked now (not after the data is prepared): the data only
     # adds the vocabulary size and the special ids.
     cfg.model_config()
+
+
+def _check_pack(cfg: RunConfig) -> None:
+    """data.pack: true, or row lengths by name; an objective or attention kind that cannot pack is refused now."""
+    pack = cfg.data.pack
+    if isinstance(pack, dict):
+        names = ("source", "target", "length")
+        bad = [k for k in pack if k not in names]
+        if bad or not pack:
+            raise UserError(f"data.pack row lengths are named {', '.join(names)}, not {', '.join(map(str, bad))}"
+                            if bad else "data.pack={} names no row lengths; use data.pack=true")
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in pack.values()):
+            raise UserError(f"data.pack row lengths must be positive integers: {pack}")
+    from t5pegasus.training.objectives import KINDS, packing_problem  # imports JAX: only when packing
+
+    if cfg.objective.kind in KINDS and (problem := packing_problem(cfg.objective.kind, cfg.model_config())):
+        raise UserError(problem)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -341,9 +374,54 @@ def read_yaml(source: str | None) -> dict[str, Any]:
     return values
 
 
+def load_values(source: str | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Preset/file + overrides as one nested dict, not yet validated. A `model.init` override replaces the file's
+    model section (the model comes from that folder; model.* overrides beside it still apply); an overridden
+    `model.family` or `objective.kind` brings the keys that must agree with it (`follow_overrides`)."""
+    base, extra = read_yaml(source), parse_overrides(overrides or [])
+    if isinstance(extra.get("model"), dict) and "init" in extra["model"]:
+        base.pop("model", None)
+    return merge(follow_overrides(base, extra, default=source is None), extra)
+
+
 def load(source: str | None, overrides: list[str] | None = None) -> RunConfig:
     """Preset/file + overrides -> validated RunConfig."""
-    return from_dict(merge(read_yaml(source), parse_overrides(overrides or [])))
+    return from_dict(load_values(source, overrides))
+
+
+def follow_overrides(base: dict[str, Any], extra: dict[str, Any], *, default: bool = False) -> dict[str, Any]:
+    """The keys that must agree with an overridden `model.family` or `objective.kind`, made to agree.
+
+    A new family brings its packaged run preset (`Family.run_config`): the whole run when `base` is the
+    default demo, else its model section, objective and data task and lengths. A new objective kind alone
+    brings its first data task when the base's cannot feed it. Keys the overrides set win (merged after)."""
+    model = extra.get("model") if isinstance(extra.get("model"), dict) else {}
+    wanted = model.get("family")
+    if wanted and "init" not in model and wanted != (base.get("model") or {}).get("family", "t5"):
+        from t5pegasus import families
+
+        run_config = families.get(wanted).run_config
+        if run_config is None:
+            return {**base, "model": {"family": wanted}}
+        preset = read_yaml(run_config)
+        if default:
+            return preset
+        out = copy.deepcopy(base)
+        out["model"] = preset["model"]
+        out["objective"] = {**(out.get("objective") or {}), "kind": preset["objective"]["kind"]}
+        out["data"] = {**(out.get("data") or {}),
+                       **{k: v for k, v in preset["data"].items() if k in ("task", "max_len", "max_source_len",
+                                                                         "max_target_len")}}
+        return out
+    kind = (extra.get("objective") or {}).get("kind")
+    if kind and "task" not in (extra.get("data") or {}):
+        from t5pegasus.training.objectives import KINDS
+
+        tasks = KINDS[kind].data_tasks if kind in KINDS else ()
+        task = (base.get("data") or {}).get("task", DataConfig.task)
+        if tasks and task not in tasks:
+            return merge(base, {"data": {"task": tasks[0]}})
+    return base
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -115,11 +115,56 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, sche
     return step
 
 
-def jit_train_step(step: Callable, state_shardings: TrainState, batch_sharding: NamedSharding) -> Callable:
+def jit_train_step(step: Callable, state_shardings: TrainState, batch_sharding: NamedSharding, *,
+                   sums: bool = False) -> Callable:
     """jax.jit with in/out shardings and the train-step compiler options (`xla_options`); the state argument
-    is donated (updated in place)."""
+    is donated (updated in place). `sums`: the step is `with_window_sums`'s (state, batch, sums), whose
+    sums are donated too."""
+    if sums:
+        return jax.jit(step, in_shardings=(state_shardings, batch_sharding, None),
+                       out_shardings=(state_shardings, None), donate_argnums=(0, 2),
+                       compiler_options=train_step_options() or None)
     return jax.jit(step, in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
                    donate_argnums=(0,), compiler_options=train_step_options() or None)
+
+
+AVERAGED = ("loss", "accuracy", "grad_norm", "z_loss")  # per-step metrics a log window averages
+
+
+def window_sums() -> Metrics:
+    """Empty device-side sums of a logging window (see `with_window_sums`)."""
+    f32 = lambda: jnp.zeros((), jnp.float32)  # noqa: E731
+    i32 = lambda: jnp.zeros((), jnp.int32)  # noqa: E731
+    return {**{k: f32() for k in AVERAGED}, "finite": i32(), "nonfinite": i32(), "learning_rate": f32(),
+            "last_loss": f32(), "nonfinite_loss": f32(), "nonfinite_step": i32(), "bad_in_a_row": i32(),
+            "skipped": i32(), "diverged_at": i32()}
+
+
+def with_window_sums(step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]], max_bad_steps: int,
+                     ) -> Callable[[TrainState, Batch, Metrics], tuple[TrainState, Metrics]]:
+    """A train step that adds its metrics to device-side window sums instead of returning them, so the host
+    reads them only when it logs. The sums hold: the averaged metrics summed over finite steps and the count of
+    those (`finite`); non-finite steps (`nonfinite`, the last one's step and loss); the last learning rate
+    and loss; the state's `bad_in_a_row` and `skipped`; and `diverged_at`, the step at which `max_bad_steps`
+    non-finite steps in a row were first reached (0: not yet), which the host checks before it saves."""
+
+    def run(state: TrainState, batch: Batch, sums: Metrics) -> tuple[TrainState, Metrics]:
+        new, m = step(state, batch)
+        finite = m["finite"]
+        out = {k: sums[k] + jnp.where(finite, m[k], 0.0) for k in AVERAGED}
+        hit = (sums["diverged_at"] == 0) & (new.bad_in_a_row >= max_bad_steps)
+        out.update(
+            finite=sums["finite"] + finite.astype(jnp.int32),
+            nonfinite=sums["nonfinite"] + (~finite).astype(jnp.int32),
+            learning_rate=m["learning_rate"], last_loss=m["loss"],
+            nonfinite_loss=jnp.where(finite, sums["nonfinite_loss"], m["loss"]),
+            nonfinite_step=jnp.where(finite, sums["nonfinite_step"], new.step),
+            bad_in_a_row=new.bad_in_a_row, skipped=new.skipped,
+            diverged_at=jnp.where(hit, new.step, sums["diverged_at"]),
+        )
+        return new, out
+
+    return run
 
 
 def make_eval_step(objective: Objective, *, use_ema: bool = False,
