@@ -1,4 +1,4 @@
-"""Deterministic, resumable, per-process batches from a prepared dataset, with grain.
+"""Deterministic, resumable batches from a prepared dataset, with grain: this process's rows of each global batch.
 
 Order: the global example list is shuffled by `seed` (a fresh permutation each epoch), repeated for
 `num_epochs` (None = forever) and cut into global batches of `batch_size`; a process reads its rows of each
