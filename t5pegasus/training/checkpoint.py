@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,21 @@ def _quiet_abandoned_writes() -> None:
 
     hook.t5pegasus = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+
+
+def _release_orbax_waiters() -> None:
+    """After a failed save, orbax's commit threads may wait (minutes: 5 seen here) for signals the failed
+    operation never sends, and keep the process from exiting: cancel them and send those signals. Uses orbax
+    internals, so anything unexpected leaves the threads as they are."""
+    try:
+        from orbax.checkpoint._src.futures import future as orbax_future
+
+        for thread in threading.enumerate():
+            if isinstance(thread, orbax_future._SignalingThread) and thread.is_alive():
+                thread.cancel()
+                orbax_future.set_signals(thread._receive_signals, operation_id=thread._operation_id)
+    except Exception:  # noqa: BLE001 - a best effort on the way out
+        pass
 
 
 def _allgather_json(value: Any) -> list[Any]:
@@ -198,6 +214,8 @@ class Checkpointer:
             if self._failed is None:
                 self.wait()
         finally:
+            if self._failed is not None:
+                _release_orbax_waiters()
             try:
                 self.manager.close()
             except Exception:
