@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from t5pegasus.cli import main
+from t5pegasus.errors import UserError
 from t5pegasus.pretrain.corpora import iter_peoples_daily_documents, peoples_daily_paragraphs
 from t5pegasus.pretrain.examples import ExampleConfig, ExampleMaker
 from t5pegasus.pretrain.loader import make_dataset
@@ -149,11 +150,47 @@ def rows(path, **kw):
 
 def test_two_processes_see_disjoint_complete_shards(seq2seq):
     everything = Counter(rows(seq2seq, process_index=0, process_count=1))
-    p0, p1 = rows(seq2seq, process_index=0, process_count=2), rows(seq2seq, process_index=1, process_count=2)
+    kw = dict(batch_size=2, num_epochs=1, drop_remainder=False)
+    p0 = [tuple(b["encoder_ids"][0]) + tuple(b["targets"][0]) for b in make_dataset(seq2seq, rows=[0], **kw)]
+    p1 = [tuple(b["encoder_ids"][0]) + tuple(b["targets"][0]) for b in make_dataset(seq2seq, rows=[1], **kw)]
     assert Counter(p0) + Counter(p1) == everything  # together: every example exactly once
     unique = {r for r, n in everything.items() if n == 1}  # (the repeated long line gives equal examples)
     assert len(unique) > 100 and not (set(p0) & set(p1) & unique)
     assert abs(len(p0) - len(p1)) <= 1
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_each_process_reads_its_block_of_the_one_global_batch(seq2seq, pack):
+    """Process p of k gets rows p*B/k.. of the very batch one process reads (any k), also with packing; the
+    position is global: a 2-process position resumes a 1-process reader at the same batch, and the reverse."""
+    kw = dict(batch_size=8, seed=5, pack=pack, max_source_len=128, max_target_len=48)
+    one = collect(make_dataset(seq2seq, process_index=0, process_count=1, **kw), 6)
+    for k in (2, 4):
+        parts = [collect(make_dataset(seq2seq, process_index=p, process_count=k, **kw), 6) for p in range(k)]
+        for j, whole in enumerate(one):
+            assert same(whole, {f: np.concatenate([part[j][f] for part in parts]) for f in whole})
+    odd = collect(make_dataset(seq2seq, rows=[1, 6], **kw), 6)  # any rows, as a mesh may place them
+    assert all(same({f: v[[1, 6]] for f, v in a.items()}, b) for a, b in zip(one, odd, strict=True))
+    second = make_dataset(seq2seq, process_index=1, process_count=2, **kw)
+    collect(second, 3)
+    resumed = make_dataset(seq2seq, process_index=0, process_count=1, **kw)
+    resumed.set_state(json.loads(json.dumps(second.get_state())))
+    assert all(same(a, b) for a, b in zip(one[3:], collect(resumed, 3), strict=True))
+    single = make_dataset(seq2seq, process_index=0, process_count=1, **kw)
+    collect(single, 2)
+    block = make_dataset(seq2seq, process_index=3, process_count=4, **kw)
+    block.set_state(single.get_state())
+    assert same(next(block), {f: v[6:] for f, v in one[2].items()})
+    with pytest.raises(UserError, match="does not split over 3 processes"):
+        make_dataset(seq2seq, process_index=0, process_count=3, **kw)
+
+
+def test_a_position_of_the_per_process_reader_before_global_batches_still_resumes(seq2seq):
+    kw = dict(batch_size=8, seed=3, process_index=0, process_count=1)
+    full = collect(make_dataset(seq2seq, **kw), 4)
+    it = make_dataset(seq2seq, **kw)
+    it.set_state({"next_index": 16})  # grain's example count, as one process saved it
+    assert same(next(it), full[2])
 
 
 def test_packing(seq2seq):

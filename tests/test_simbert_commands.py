@@ -213,7 +213,7 @@ def _write_groups(path, groups):
 
 def test_prepare_groups_and_the_loader(tmp_path, capsys):
     """`prepare --task simbert`: a group a stored example; the loader draws a pair per group and epoch from
-    the seed and puts both orders in a batch (a->b rows, then b->a), with pair ids unique over processes."""
+    the seed and puts both orders in a batch (a->b rows, then b->a), with pair ids unique over the global batch."""
     from t5pegasus.pretrain.loader import make_dataset
     from t5pegasus.text.wordpiece import BertJiebaTokenizer
 
@@ -248,8 +248,9 @@ def test_prepare_groups_and_the_loader(tmp_path, capsys):
     assert seen[:4] != seen[4:]  # each epoch draws its own pairs ...
     again = make_dataset(tmp_path / "ds", batch_size=4, seed=3, shuffle=False)
     assert all(np.array_equal(next(again)["ids"], b["ids"]) for b in batches)  # ... reproducibly
-    other = make_dataset(tmp_path / "ds", batch_size=2, seed=3, shuffle=False, process_index=1, process_count=2)
-    assert next(other)["pair_ids"][:, 0].tolist() == [1, 1]
+    other = make_dataset(tmp_path / "ds", batch_size=4, seed=3, shuffle=False, process_index=1, process_count=2)
+    half = next(other)  # process 1 of 2: rows 2, 3 of the one global batch (both pairs' b->a rows)
+    assert half["pair_ids"][:, 0].tolist() == [0, 1] and np.array_equal(half["ids"], batches[0]["ids"][2:])
     with pytest.raises(tp.UserError, match="multiple of 2"):
         make_dataset(tmp_path / "ds", batch_size=3)
     with pytest.raises(tp.UserError, match=r"2 x 1 process\(es\) x optim.accumulate 2"):

@@ -51,3 +51,18 @@ def test_incomplete_flags_and_failures_are_one_clear_error(calls, monkeypatch):
     monkeypatch.setattr(jax.distributed, "initialize", refuse)
     with pytest.raises(UserError, match="could not join the distributed run .connection refused."):
         distributed.maybe_initialize("10.0.0.1:1234", 2, 0)
+
+
+def test_the_heartbeat_timeout_bounds_the_wait_for_a_dead_peer(calls):
+    assert distributed.maybe_initialize("10.0.0.1:1234", 2, 0, heartbeat_timeout=10) is True
+    assert calls[-1]["heartbeat_timeout_seconds"] == 10 == calls[-1]["shutdown_timeout_seconds"]
+    with pytest.raises(UserError, match="heartbeat_timeout must be at least 1 second"):
+        distributed.maybe_initialize("10.0.0.1:1234", 2, 0, heartbeat_timeout=0)
+    from t5pegasus.training import runconfig
+
+    with pytest.raises(UserError, match="stop_check_every must be at least 1"):
+        runconfig.load(None, ["distributed.stop_check_every=0"])
+
+
+def test_one_process_agrees_with_itself():
+    assert [distributed.agree_on_stop(x) for x in (None, "SIGTERM", "SIGINT")] == [None, "SIGTERM", "SIGINT"]

@@ -1,11 +1,17 @@
-"""Two local processes x 4 devices (jax.distributed on 127.0.0.1) train identically to one process x 8."""
+"""Two local processes x 4 devices (jax.distributed on 127.0.0.1) train identically to one process x 8: the
+train step, and the whole `t5pegasus pretrain` loop (data shards, evaluation, checkpoints, EMA) bit for bit,
+with SIGTERM to one process, SIGKILL of both, a dead peer, and resumes across process counts and meshes."""
 
 import json
 import os
+import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -88,3 +94,191 @@ def test_two_processes_match_one_process():
     assert got["devices"] == 8 and want["devices"] == 8
     np.testing.assert_allclose(got["losses"], want["losses"], rtol=1e-5)
     assert got["checksum"] == pytest.approx(want["checksum"], rel=1e-5)
+
+
+# --- the whole loop (`t5pegasus pretrain`: data shards, evaluation, checkpoints, EMA, signals) -------------
+#
+# Every run below is a `t5pegasus pretrain` subprocess that joins jax.distributed, the one-process reference
+# too (num_processes=1): on the CPU a process outside jax.distributed sums over its devices with XLA's
+# in-process collectives, inside it with gloo (as every multi-process run does), and the two add in another
+# order (about 1e-7 apart); on a GPU or TPU slice the collectives are the same for any process count.
+
+LOOP_STEPS = 6  # checkpoints every 2 steps (all 3 kept), evaluation every 3
+
+
+@pytest.fixture(scope="module")
+def loop_runs(tmp_path_factory):
+    """(corpus folder, runs folder), with the prepared data cached so each run starts at once."""
+    from t5pegasus.pretrain.corpora import iter_peoples_daily_documents
+    from t5pegasus.training import runconfig
+    from t5pegasus.training.data import prepare
+
+    corpus = tmp_path_factory.mktemp("mp-corpus")
+    docs = [doc for _, doc in zip(range(40), iter_peoples_daily_documents(), strict=False)]
+    (corpus / "docs.txt").write_text("\n\n".join(docs), encoding="utf-8")
+    prepare(runconfig.load(None, loop_overrides(corpus, corpus)).data, say=lambda *_: None)
+    return corpus, tmp_path_factory.mktemp("mp-runs")
+
+
+def loop_overrides(corpus, out, name="run", **extra):
+    from tests.test_training_resume import overrides
+
+    values = {"train.steps": LOOP_STEPS, "eval.every": 3, "model.dropout_rate": 0.1,
+              "distributed.heartbeat_timeout": 10, "distributed.stop_check_every": 2, **extra}
+    return overrides(corpus, out, name=name, **values)
+
+
+def launch(loop_runs, name, processes, **extra):
+    """`t5pegasus pretrain` as `processes` local processes x 8/processes simulated devices (Popen objects)."""
+    corpus, out = loop_runs
+    port = _free_port()
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={8 // processes}")
+    args = [sys.executable, "-m", "t5pegasus.cli", "pretrain", *loop_overrides(corpus, out, name=name, **extra),
+            f"distributed.coordinator=127.0.0.1:{port}", f"distributed.num_processes={processes}"]
+    return [subprocess.Popen([*args, f"distributed.process_id={i}"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for i in range(processes)]
+
+
+def finish(procs, timeout=300):
+    """[(returncode, stdout, stderr)] of every process."""
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    return [(p.returncode, o, e) for p, (o, e) in zip(procs, outs, strict=True)]
+
+
+def run_loop(loop_runs, name, processes, **extra):
+    ends = finish(launch(loop_runs, name, processes, **extra))
+    for code, _, err in ends:
+        assert code == 0, err[-3000:]
+    assert f"8 cpu device(s) in {processes} process(es)" in ends[0][1] or "resuming" in ends[0][1], ends[0][1]
+    return ends
+
+
+def logged(run_dir, kind, fields=("loss", "accuracy", "grad_norm")):
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(x["step"], *(x[f] for f in fields if f in x)) for x in lines if x["kind"] == kind]
+
+
+def saved_state(run_dir, step=LOOP_STEPS):
+    """The whole train state of checkpoint `step` on one device, whatever processes and mesh wrote it."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    path = run_dir / "checkpoints" / str(step) / "state"
+    with ocp.StandardCheckpointer() as c:
+        tree = c.metadata(path).item_metadata.tree
+        return c.restore(path, jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                            tree))
+
+
+def assert_same_checkpoint(a, b, step=LOOP_STEPS, **close):
+    """Params, EMA, optimiser state and step of two runs' checkpoints: equal bit for bit (or `close`)."""
+    import jax
+
+    got, want = saved_state(a, step), saved_state(b, step)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        if close:
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), **close)
+        else:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def one_process(loop_runs):
+    run_loop(loop_runs, "one", 1)
+    return loop_runs[1] / "one"
+
+
+@pytest.mark.slow
+def test_two_processes_run_the_loop_bit_for_bit_like_one(loop_runs, one_process):
+    run_loop(loop_runs, "two", 2)
+    two = loop_runs[1] / "two"
+    assert sorted(int(p.name) for p in (two / "checkpoints").iterdir()) == [2, 4, 6]
+    assert_same_checkpoint(two, one_process)  # params, EMA, optimiser state (float32, dropout 0.1)
+    assert logged(two, "train") == logged(one_process, "train")
+    assert logged(two, "eval", ("loss", "accuracy", "tokens")) == logged(one_process, "eval", ("loss", "accuracy",
+                                                                                                 "tokens"))
+    assert len(logged(two, "eval")) == 2
+
+
+def train_lines_when(procs, run_dir, ready, timeout=240.0):
+    """Wait until `ready(train lines in metrics.jsonl)` (process 0 writes it); returns that count."""
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        n = metrics.read_text().count('"kind": "train"') if metrics.exists() else 0
+        if ready(n):
+            return n
+        time.sleep(0.05)
+    raise AssertionError(f"not ready: {[(p.returncode, p.stderr.read()[-2000:]) for p in procs if p.poll()]}")
+
+
+def finished_steps(run_dir):
+    from t5pegasus.training.run_folder import RunFolder
+
+    return RunFolder(run_dir).steps()
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_the_rerun_resumes(loop_runs, one_process):
+    run_dir = loop_runs[1] / "term"
+    procs = launch(loop_runs, "term", 2)
+    train_lines_when(procs, run_dir, lambda n: n >= 1)
+    sent = time.time()
+    procs[1].send_signal(signal.SIGTERM)  # the other process hears of it only through the agreement
+    ends = finish(procs, timeout=120)
+    assert time.time() - sent < 60
+    assert [code for code, _, _ in ends] == [143, 143], [err[-2000:] for _, _, err in ends]
+    stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", ends[0][1]).group(1))
+    assert stopped % 2 == 0 and stopped < LOOP_STEPS  # an agreement step (distributed.stop_check_every=2)
+    assert max(finished_steps(run_dir)) == stopped
+    position = json.loads((run_dir / "checkpoints" / str(stopped) / "data" / "metadata").read_text())
+    assert position == {"position": {"batches": stopped}}  # one global position
+    rerun = run_loop(loop_runs, "term", 2)
+    assert f"from step {stopped}" in rerun[0][1]
+    assert_same_checkpoint(run_dir, one_process)
+
+
+@pytest.mark.slow
+def test_sigkill_of_both_processes_then_the_run_resumes_on_one_process(loop_runs, one_process):
+    run_dir = loop_runs[1] / "killed"
+    procs = launch(loop_runs, "killed", 2)
+    # SIGKILL: no handler runs; wait for one finished checkpoint so the rerun really resumes
+    train_lines_when(procs, run_dir, lambda n: n >= 3 and finished_steps(run_dir))
+    for p in procs:
+        p.kill()
+    assert [code for code, _, _ in finish(procs)] == [-9, -9]
+    resumed_from = max(finished_steps(run_dir))
+    rerun = run_loop(loop_runs, "killed", 1)  # a 2-process checkpoint, 1 process x 8 devices, same mesh
+    assert f"from step {resumed_from}" in rerun[0][1]
+    assert_same_checkpoint(run_dir, one_process)
+
+
+@pytest.mark.slow
+def test_a_one_process_checkpoint_resumes_on_two_processes_and_another_mesh(loop_runs, one_process):
+    run_dir = loop_runs[1] / "grown"
+    shutil.copytree(one_process, run_dir)
+    for step in (4, 6):
+        shutil.rmtree(run_dir / "checkpoints" / str(step))
+    rerun = run_loop(loop_runs, "grown", 2, **{"mesh.data": 4, "mesh.fsdp": 2})
+    assert "from step 2" in rerun[0][1]
+    # another mesh sums gradients in another order (1e-7 apart); batches from another data position would
+    # move the weights by about the learning rate (3e-3)
+    assert_same_checkpoint(run_dir, one_process, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_dead_process_stops_the_other_within_the_heartbeat_timeout(loop_runs):
+    run_dir = loop_runs[1] / "dead"
+    procs = launch(loop_runs, "dead", 2, **{"train.steps": 500})
+    train_lines_when(procs, run_dir, lambda n: n >= 1)
+    procs[1].kill()
+    killed = time.time()
+    code, _, err = finish(procs[:1], timeout=120)[0]
+    procs[1].wait()
+    assert time.time() - killed < 10 + 30  # distributed.heartbeat_timeout=10, and time to notice
+    assert code != 0 and "another task died" in err, err[-2000:]
+    assert logged(run_dir, "train")[-1][0] < 500

@@ -86,9 +86,10 @@ def run(args: argparse.Namespace) -> int:
     result = finetune(spec)
     import jax
 
-    if jax.process_index() != 0:
-        return 0
     run_result = result.run
+    code = 130 if run_result.interrupted == "SIGINT" else (143 if run_result.interrupted == "SIGTERM" else 0)
+    if jax.process_index() != 0:
+        return code  # every process stops for the same agreed reason, so all exit alike
     lines = [f"{'stopped by ' + run_result.interrupted if run_result.interrupted else 'finished'}: step "
              f"{run_result.final_step} of {args.steps}; run folder {result.run_dir}"]
     if result.best is not None:
@@ -105,4 +106,4 @@ def run(args: argparse.Namespace) -> int:
         lines.append("  no dev evaluation ran yet, so there is no best model; train at least --eval-every steps")
     lines.append("  resume:      rerun the same command (add --steps N to train longer)")
     print("\n".join(lines))
-    return 130 if run_result.interrupted == "SIGINT" else (143 if run_result.interrupted == "SIGTERM" else 0)
+    return code

@@ -36,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, initial_params=initial_params)
     import jax
 
+    code = 130 if result.interrupted == "SIGINT" else (143 if result.interrupted == "SIGTERM" else 0)
     if jax.process_index() != 0:
-        return 0
+        return code  # every process stops for the same agreed reason, so all exit alike
     command = "t5pegasus pretrain" + (f" --config {args.config}" if args.config else "")
     command += "".join(f" {o}" for o in args.overrides)
     d = result.run_dir
@@ -65,4 +66,4 @@ def run(args: argparse.Namespace) -> int:
             f"  fine-tune:      t5pegasus finetune --init {d} --train TRAIN.jsonl --dev DEV.jsonl",
         ]
     print("\n".join(lines))
-    return 130 if result.interrupted == "SIGINT" else (143 if result.interrupted == "SIGTERM" else 0)
+    return code

@@ -1,18 +1,19 @@
-"""Deterministic, resumable, per-process batches from a prepared dataset, with grain.
+"""Deterministic, resumable batches from a prepared dataset, with grain: this process's rows of each global batch.
 
 Order: the global example list is shuffled by `seed` (a fresh permutation each epoch), repeated for
-`num_epochs` (None = forever), then process p of k takes every k-th example (disjoint, together complete).
-Examples become fixed-shape int32 arrays (see docs/data.md), padded per batch, or packed several to a row
-with grain's best-fit packing (segment ids 1, 2, ... per example, positions from 0 per example). SimBERT
-groups (`t5pegasus.pretrain.groups`) give one pair each, drawn per epoch from the seed, and a batch holds every
-pair in both orders. `BatchIterator.get_state()` is a JSON-able dict; `set_state` resumes at exactly the next
-batch.
+`num_epochs` (None = forever) and cut into global batches of `batch_size`; a process reads its rows of each
+global batch (by default process p of k its contiguous block p), so the global batch is the same whatever
+the process count. Examples become fixed-shape int32 arrays (see docs/data.md), padded per batch, or packed
+several to a row with grain's best-fit packing (segment ids 1, 2, ... per example, positions from 0 per
+example). SimBERT groups (`t5pegasus.pretrain.groups`) give one pair each, drawn per epoch from the seed, and
+a global batch holds every pair of it in both orders. `BatchIterator.get_state()` is a JSON-able, global dict;
+`set_state` resumes at exactly the next batch, on any process count.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -123,26 +124,57 @@ class _Shaper:
 
 
 class BatchIterator:
-    """Iterator of batches (dicts of int32 numpy arrays) with a JSON-able, restorable position."""
+    """Iterator of batches (dicts of int32 numpy arrays) with a JSON-able, restorable position.
 
-    def __init__(self, dataset, metadata: dict[str, Any]) -> None:
-        self._dataset = dataset
-        self._it = iter(dataset)
+    The position is global: it counts the global batches read (with packing, also grain's packer state, the
+    same on every process), so it restores on any process count and any rows of the batch.
+    """
+
+    def __init__(self, open_at: Callable[[dict[str, Any]], Iterator[dict[str, np.ndarray]]],
+                 metadata: dict[str, Any], *, packed: bool, legacy: Callable[[dict[str, Any]], dict[str, Any]]
+                 ) -> None:  # fmt: skip
+        self._open_at = open_at
+        self._packed = packed
+        self._legacy = legacy
+        self._batches = 0
+        self._it = open_at({"batches": 0})
         self.metadata = metadata
 
     def __iter__(self) -> BatchIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._it)
+        batch = next(self._it)
+        self._batches += 1
+        return batch
 
     def get_state(self) -> dict[str, Any]:
         """The position after the last batch returned (save it with the model checkpoint)."""
-        return self._it.get_state()
+        state: dict[str, Any] = {"batches": self._batches}
+        if self._packed:
+            state["packing"] = self._it.get_state()
+        return state
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continue from a saved position: the next batch is the one after the saved one."""
-        self._it.set_state(state)
+        if "batches" not in state:
+            state = self._legacy(state)
+        if self._packed and "packing" not in state:
+            raise UserError("the saved data position is of unpacked batches; resume with data.pack=false")
+        if not self._packed and "packing" in state:
+            raise UserError("the saved data position is of packed batches; resume with data.pack=true")
+        self._it = self._open_at(state)
+        self._batches = int(state["batches"])
+
+
+def block_rows(batch_size: int, process_index: int, process_count: int) -> list[int]:
+    """Process p of k's contiguous block of a global batch: rows p*B/k .. (p+1)*B/k - 1."""
+    if not 0 <= process_index < process_count:
+        raise UserError(f"process index {process_index} is outside 0..{process_count - 1}")
+    if batch_size % process_count:
+        raise UserError(f"the batch size {batch_size} does not split over {process_count} processes")
+    n = batch_size // process_count
+    return list(range(process_index * n, (process_index + 1) * n))
 
 
 def make_dataset(
@@ -152,6 +184,7 @@ def make_dataset(
     seed: int = 0,
     shuffle: bool = True,
     num_epochs: int | None = None,
+    rows: Sequence[int] | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
     max_source_len: int | None = None,
@@ -161,49 +194,86 @@ def make_dataset(
     pack_lengths: dict[str, int] | None = None,
     drop_remainder: bool = True,
 ) -> BatchIterator:
-    """Batches of a prepared dataset for this process (default `jax.process_index()` of `process_count()`).
+    """`rows` of every global batch of `batch_size` (default: this process's contiguous block, process
+    `jax.process_index()` of `process_count()`), so any split of a batch over processes reads the same batches.
 
-    `pack`: several examples per row; the rows are `pack_lengths` long ("source"/"target" for seq2seq,
-    "length" otherwise; default: the example lengths). Examples are cut to the example lengths first.
+    Without packing a process reads only the examples of its rows (random access to the shuffled stream).
+    With packing every process packs the whole global stream the same way and keeps its rows (a packed row
+    depends on every example before it); SimBERT rows hold a pair in either order, so every process makes
+    the whole global batch's pairs and keeps its rows too. `pack`: several examples per row; the rows are
+    `pack_lengths` long ("source"/"target" for seq2seq, "length" otherwise; default: the example lengths).
+    Examples are cut to the example lengths first.
     """
     import grain
     import grain.experimental as gx
 
-    if process_index is None or process_count is None:
-        import jax
-
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-    if not 0 <= process_index < process_count:
-        raise UserError(f"process index {process_index} is outside 0..{process_count - 1}")
     if batch_size < 1:
         raise UserError("batch size must be at least 1")
+    if rows is None:
+        if process_index is None or process_count is None:
+            import jax
+
+            process_index = jax.process_index() if process_index is None else process_index
+            process_count = jax.process_count() if process_count is None else process_count
+        rows = block_rows(batch_size, process_index, process_count)
+    rows = [int(r) for r in rows]
+    if not rows or min(rows) < 0 or max(rows) >= batch_size or sorted(set(rows)) != rows:
+        raise UserError(f"the rows to read must be ascending, distinct and within the batch of {batch_size}")
     meta = read_metadata(path)
     shaper = _Shaper(meta, max_source_len, max_target_len, max_len)
     if pack and shaper.task in ("unilm", "simbert"):
         raise UserError("packing is not available for UniLM examples (their segment ids are the attention mask)")
-    if shaper.task == "simbert":  # each example (a pair) gives two rows
-        batch_size = groups.pairs_per_batch(batch_size * process_count, process_count)
-        shaper.first_pair_id = process_index * batch_size  # pair ids unique over the global batch
-    ds = grain.MapDataset.source(open_source(path))
+    examples = grain.MapDataset.source(open_source(path))
     if shuffle:
-        ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs)
+        examples = examples.shuffle(seed=seed)
+    examples = examples.repeat(num_epochs)
     if shaper.task == "simbert":  # drawn by the global index: the same pairs whatever the process count
-        ds = ds.random_map(groups.choose_pair, seed=seed)
-    ds = ds[process_index::process_count]
-    ds = ds.map(shaper).to_iter_dataset()
-    if pack:
-        rows = shaper.row_lengths(pack_lengths or {})
-        ds = ds.map(shaper.truncate)
+        examples = examples.random_map(groups.choose_pair, seed=seed)
+    examples = examples.map(shaper)
+    total = len(examples)
+    row_at = np.asarray(rows, np.int64)
+
+    def keep(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: v[row_at[row_at < len(v)]] for k, v in b.items()}
+
+    def unpacked(state: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
+        start = int(state["batches"])
+        if shaper.task == "simbert":  # each example (a pair) gives two rows: make them all, keep ours
+            pairs = groups.pairs_per_batch(batch_size)
+            batches = total // pairs if drop_remainder else -(-total // pairs)
+            ds = grain.MapDataset.range(start * pairs, min(batches * pairs, total)).map(lambda g: examples[g])
+            return iter(ds.to_iter_dataset().batch(pairs, drop_remainder=drop_remainder, batch_fn=shaper.batch)
+                        .map(keep))
+        # local example t is row rows[t % width] of global batch t // width
+        width = len(rows)
+        batches = total // batch_size if drop_remainder else -(-total // batch_size)
+        flat = grain.MapDataset.range(start * width, batches * width)
+        flat = flat.map(lambda t: int(t // width) * batch_size + int(row_at[t % width]))
+        if not drop_remainder:
+            flat = flat.filter(lambda g: g < total)
+        return iter(flat.map(lambda g: examples[g]).to_iter_dataset()
+                    .batch(width, drop_remainder=drop_remainder, batch_fn=shaper.batch))
+
+    def packed(state: dict[str, Any]) -> Any:
+        lengths = shaper.row_lengths(pack_lengths or {})
         # More bins than rows per batch fill better (64 bins: 95% of the demo's seq2seq slots in rows 4
         # examples long, against 93% with 16); the bins are emitted in order, so the stream stays resumable.
-        ds = gx.BestFitPackIterDataset(ds, length_struct=rows, num_packing_bins=max(64, batch_size),
-                                       shuffle_bins=False)
+        ds = gx.BestFitPackIterDataset(examples.to_iter_dataset().map(shaper.truncate), length_struct=lengths,
+                                       num_packing_bins=max(64, batch_size), shuffle_bins=False)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=_packed_batch(shaper))
-    else:
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=shaper.batch)
-    return BatchIterator(ds, meta)
+        it = iter(ds.map(keep))
+        if "packing" in state:
+            it.set_state(state["packing"])
+        return it
+
+    def legacy(state: dict[str, Any]) -> dict[str, Any]:
+        # t5pegasus before global positions saved grain's count of one process's examples
+        if pack or "next_index" not in state:
+            raise UserError(f"unknown data position {state}; start a new run (name=NEW_NAME)")
+        per_batch = groups.pairs_per_batch(batch_size) if shaper.task == "simbert" else batch_size
+        return {"batches": int(state["next_index"]) // per_batch}
+
+    return BatchIterator(packed if pack else unpacked, meta, packed=pack, legacy=legacy)
 
 
 def _packed_batch(shaper: _Shaper):

@@ -158,13 +158,15 @@ def prepare(cfg: DataConfig, say: Any = print) -> PreparedData:
 
 
 def loader(path: Path, cfg: DataConfig, *, seed: int, shuffle: bool, max_lengths: dict[str, int],
-           pack: dict[str, int] | None = None) -> Any:
-    """This process's batch iterator (its share of the global batch); `pack` (row lengths by name, {} for the
-    example lengths): packed rows."""
+           pack: dict[str, int] | None = None, rows: list[int] | None = None) -> Any:
+    """This process's batch iterator: its `rows` of each global batch of `data.batch_size` (default: its
+    contiguous block; the loop passes the rows its devices hold, `mesh.process_rows`); `pack` (row lengths by
+    name, {} for the example lengths): packed rows."""
     from t5pegasus.pretrain.loader import make_dataset
 
     n = jax.process_count()
-    if cfg.batch_size % n:
+    if rows is None and cfg.batch_size % n:
         raise UserError(f"data.batch_size {cfg.batch_size} does not split over {n} processes")
     packed = {} if pack is None else {"pack": True, "pack_lengths": pack or None}
-    return make_dataset(path, batch_size=cfg.batch_size // n, seed=seed, shuffle=shuffle, **max_lengths, **packed)
+    return make_dataset(path, batch_size=cfg.batch_size, seed=seed, shuffle=shuffle, rows=rows, **max_lengths,
+                        **packed)

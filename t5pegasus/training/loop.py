@@ -1,7 +1,9 @@
 """The training loop: data -> sharded state -> jitted steps, with checkpoints, metrics, evaluation, resume.
 
 `train(cfg)` is a function of (config, data, seed): rerunning it after an interruption resumes from the
-latest checkpoint (state, RNG and every process's data position) and follows the same trajectory.
+latest checkpoint (state, RNG and the global data position) and follows the same trajectory, on any process
+count: every process feeds its rows of the one global batch (`mesh.process_rows`), and a stop request on any
+process is agreed by all at a step boundary (`_agreed_stop`).
 
 The host never waits on a step: batches are made and put on the devices ahead on a background thread
 (`prefetch.Prefetcher`), each step adds its metrics to device-side window sums (`step.with_window_sums`), and
@@ -29,7 +31,7 @@ from t5pegasus.errors import UserError
 from t5pegasus.training import mesh as meshlib
 from t5pegasus.training.checkpoint import Checkpointer
 from t5pegasus.training.data import PreparedData
-from t5pegasus.training.distributed import maybe_initialize
+from t5pegasus.training.distributed import agree_on_stop, maybe_initialize
 from t5pegasus.training.metrics import MetricsLog, platform_peak, step_flops
 from t5pegasus.training.objectives import (
     KINDS,
@@ -148,6 +150,7 @@ class _Context:
     flops: float  # per step, for MFU
     peak: float  # FLOP/s of the hardware, for MFU
     lengths: dict[str, int]
+    rows: list[int]  # this process's rows of each global batch (meshlib.process_rows)
     stop: _StopSignals
     eval_hook: Callable[[int, TrainState], dict[str, float]] | None
 
@@ -195,7 +198,7 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
     loss, and its metrics are logged with it.
     """
     d = cfg.distributed
-    maybe_initialize(d.coordinator, d.num_processes, d.process_id, d.local_device_ids)
+    maybe_initialize(d.coordinator, d.num_processes, d.process_id, d.local_device_ids, d.heartbeat_timeout)
     lead = jax.process_index() == 0
     say = say or (lambda text: print(text, flush=True) if lead else None)
     from t5pegasus.training.data import loader, prepare
@@ -216,10 +219,11 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
     lengths = {k: v for k, v in (("max_source_len", cfg.data.max_source_len),
                                  ("max_target_len", cfg.data.max_target_len), ("max_len", cfg.data.max_len))}
     pack = cfg.data.pack_rows
+    rows = meshlib.process_rows(bsh, cfg.data.batch_size)
     train_it = loader(data.train, cfg.data, seed=cfg.seed, shuffle=cfg.data.shuffle, max_lengths=lengths,
-                      pack=pack)
+                      pack=pack, rows=rows)
     first = to_model_batch(next(loader(data.train, cfg.data, seed=cfg.seed, shuffle=cfg.data.shuffle,
-                                       max_lengths=lengths, pack=pack)), objective)
+                                       max_lengths=lengths, pack=pack, rows=rows)), objective)
     dummy = objective.dummy_batch(1, _lengths_of(first, objective))
 
     def init_params(key: jax.Array) -> Any:
@@ -274,7 +278,7 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
         try:
             with _StopSignals() as stop:
                 context = _Context(cfg, data, objective, step_fn, eval_fn, batches, bsh, ckpt, log, flops, peak,
-                                   lengths, stop, eval_hook)
+                                   lengths, rows, stop, eval_hook)
                 _loop(context, state, start, result, keep_state)
         finally:
             with _host_reads():
@@ -308,7 +312,7 @@ class _Window:
 
 
 def _loop(c: _Context, state: TrainState, start: int, result: RunResult, keep_state: bool) -> None:
-    cfg, ckpt, log, stop, batches = c.cfg, c.ckpt, c.log, c.stop, c.batches
+    cfg, ckpt, log, batches = c.cfg, c.ckpt, c.log, c.batches
     every = cfg.train.log_every
     sums = window_sums()
     window = _Window()
@@ -337,7 +341,8 @@ def _loop(c: _Context, state: TrainState, start: int, result: RunResult, keep_st
         log_now = step % every == 0 or step == cfg.train.steps
         eval_now = bool((c.data.eval is not None or c.eval_hook) and cfg.eval.every
                         and (step % cfg.eval.every == 0 or step == cfg.train.steps))
-        save_now = step % cfg.checkpoint.every == 0 or step == cfg.train.steps or bool(stop.received)
+        stopping = _agreed_stop(c, step)
+        save_now = step % cfg.checkpoint.every == 0 or step == cfg.train.steps or bool(stopping)
         if not (log_now or eval_now or save_now):
             continue
         with _host_reads():  # a sync point: the only device-to-host reads of the step loop
@@ -355,9 +360,9 @@ def _loop(c: _Context, state: TrainState, start: int, result: RunResult, keep_st
             if save_now:
                 ckpt.save(state, position, force=True)
                 last_saved = step
-        if stop.received:
-            result.interrupted = stop.received
-            log.message(f"{stop.received}: saved a checkpoint at step {step}")
+        if stopping:
+            result.interrupted = stopping
+            log.message(f"{stopping}: saved a checkpoint at step {step}")
             break
     if last_saved != step and step > start:
         with _host_reads():
@@ -366,6 +371,18 @@ def _loop(c: _Context, state: TrainState, start: int, result: RunResult, keep_st
     result.final_step = step
     if keep_state:
         result.state = state
+
+
+def _agreed_stop(c: _Context, step: int) -> str | None:
+    """The stop request (a signal's name) every process acts on after `step`, or None. One process: its own
+    signal, at once. Several: a signal on any of them, agreed every `distributed.stop_check_every` steps (the
+    same steps on all; a one-int all-gather, a sync point), so all save the same step and stop together."""
+    if jax.process_count() == 1:
+        return c.stop.received
+    if step % c.cfg.distributed.stop_check_every:
+        return None
+    with _host_reads():
+        return agree_on_stop(c.stop.received)
 
 
 def _check_finite(c: _Context, host: dict[str, Any], log_now: bool) -> None:
@@ -417,7 +434,7 @@ def _evaluate(c: _Context, state: TrainState) -> dict[str, float]:
     """Held-out loss over `eval.batches` unpacked batches, summed on the devices and read once."""
     from t5pegasus.training.data import loader
 
-    it: Iterator = loader(c.data.eval, c.cfg.data, seed=0, shuffle=False, max_lengths=c.lengths)
+    it: Iterator = loader(c.data.eval, c.cfg.data, seed=0, shuffle=False, max_lengths=c.lengths, rows=c.rows)
     objective = c.objective.unpacked()
     total = None
     for _ in range(c.cfg.eval.batches):

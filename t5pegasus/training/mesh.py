@@ -84,3 +84,16 @@ def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
     """Sharding of a [batch, ...] input array: batch over the data axes, the rest replicated."""
     spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules)
     return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def process_rows(sharding: NamedSharding, batch_size: int) -> list[int]:
+    """The rows of a global [batch_size, ...] batch that this process's devices hold, ascending.
+
+    That is what `jax.make_array_from_process_local_data` takes from this process, in this order (its k-th
+    block of rows goes to the k-th smallest row offset among its devices), so each process reading these rows
+    of one global batch gives the very batch one process would feed, on any process count.
+    """
+    shape = (batch_size,) + (1,) * (max(len(sharding.spec), 2) - 1)  # only the batch axis is split
+    per_device = sharding.shard_shape(shape)[0]
+    starts = sorted({index[0].start or 0 for index in sharding.addressable_devices_indices_map(shape).values()})
+    return [start + i for start in starts for i in range(per_device)]

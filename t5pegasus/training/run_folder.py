@@ -7,7 +7,7 @@
                                        then its kind (wordpiece / sentencepiece / cpm) on a second line; HF
                                        and TF exports hold one too, naming their shipped file
     <run>/checkpoints/<step>/state     orbax TrainState (params, opt_state, ema); `data` beside it holds
-                                       every process's data position
+                                       the global data position (batches read)
     <run>/finetune.json                what a fine-tuning run was asked (lengths, objective, decoding)
     <run>/revocab.json                 a run started from a model with another vocabulary: how its rows were set
     <run>/best/                        a fine-tuning run's best model: itself a run folder (params-only state,

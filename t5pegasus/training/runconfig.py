@@ -134,6 +134,8 @@ class DistributedConfig:
     num_processes: int | None = None
     process_id: int | None = None
     local_device_ids: list[int] | None = None
+    heartbeat_timeout: int = 100  # seconds a silent process counts as alive; then the others stop
+    stop_check_every: int = 10  # steps between the processes' agreement on a stop request (SIGTERM/SIGINT)
 
 
 SECTIONS: dict[str, type] = {
@@ -285,6 +287,8 @@ def _check(cfg: RunConfig) -> None:
         raise UserError("log.progress must be auto, on or off")
     if cfg.checkpoint.every < 1 or cfg.checkpoint.keep < 1:
         raise UserError("checkpoint.every and checkpoint.keep must be at least 1")
+    if cfg.distributed.heartbeat_timeout < 1 or cfg.distributed.stop_check_every < 1:
+        raise UserError("distributed.heartbeat_timeout and distributed.stop_check_every must be at least 1")
     if cfg.data.pack is not False:
         _check_pack(cfg)
     if cfg.data.tokenizer_kind is not None:
