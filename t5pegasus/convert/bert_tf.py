@@ -34,6 +34,17 @@ ROOT = "bert/embeddings/word_embeddings"
 NATIVE_CONFIG = "bert_config.json"
 
 
+def attention_entries(name: str, path: str, d: int, h: int, hd: int) -> list[Entry]:
+    """Google BERT's attention names under `name` (`attention/self/{query,key,value}`, `attention/output/dense`,
+    kernels [in, out] with biases), which bert4keras keeps for its GPT-2 too, onto our attention at `path`."""
+    out = []
+    for n in ("query", "key", "value"):
+        out += [reshaped(f"{name}/attention/self/{n}/kernel", (d, h * hd), f"{path}/{n}/kernel", (d, h, hd)),
+                reshaped(f"{name}/attention/self/{n}/bias", (h * hd,), f"{path}/{n}/bias", (h, hd))]
+    return [*out, reshaped(f"{name}/attention/output/dense/kernel", (h * hd, d), f"{path}/out/kernel", (h, hd, d)),
+            same(f"{name}/attention/output/dense/bias", f"{path}/out/bias", (d,))]
+
+
 def entries(cfg: BertConfig) -> list[Entry]:
     """The Google BERT names of a BERT model."""
     d, h, hd, ff, v = cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size
@@ -51,13 +62,8 @@ def entries(cfg: BertConfig) -> list[Entry]:
            *norm("bert/embeddings/LayerNorm", "embeddings_norm")]
     for i in range(cfg.num_layers):
         name, path = f"bert/encoder/layer_{i}", f"layers_{i}"
-        for n in ("query", "key", "value"):
-            out += [reshaped(f"{name}/attention/self/{n}/kernel", (d, h * hd), f"{path}/attention/{n}/kernel",
-                             (d, h, hd)),
-                    reshaped(f"{name}/attention/self/{n}/bias", (h * hd,), f"{path}/attention/{n}/bias", (h, hd))]
-        out += [reshaped(f"{name}/attention/output/dense/kernel", (h * hd, d), f"{path}/attention/out/kernel",
-                         (h, hd, d)),
-                same(f"{name}/attention/output/dense/bias", f"{path}/attention/out/bias", (d,)),
+        out += attention_entries(name, f"{path}/attention", d, h, hd)
+        out += [
                 *norm(f"{name}/attention/output/LayerNorm", f"{path}/attention_norm"),
                 *dense(f"{name}/intermediate/dense", f"{path}/mlp/wi", d, ff),
                 *dense(f"{name}/output/dense", f"{path}/mlp/wo", ff, d),

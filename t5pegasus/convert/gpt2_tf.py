@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from t5pegasus.convert import gpt2_names
+from t5pegasus.convert.bert_tf import attention_entries
 from t5pegasus.convert.checkpoint_files import TensorSource, config_fields, read_native_config
 from t5pegasus.convert.formats import TFFormat
-from t5pegasus.convert.name_map import Entry, lookup, reshaped, same
+from t5pegasus.convert.name_map import Entry, lookup, same
 from t5pegasus.errors import UserError
 from t5pegasus.families import GPTConfig
 
@@ -88,13 +89,8 @@ def bert4keras_entries(cfg: GPTConfig) -> list[Entry]:
     for i in range(cfg.num_layers):
         name, path = f"gpt/transformer/layer_{i}", f"layers_{i}"
         out += norm(f"{name}/attention/input", f"{path}/attention_norm")
-        for n in ("query", "key", "value"):
-            out += [reshaped(f"{name}/attention/self/{n}/kernel", (d, h * hd), f"{path}/attention/{n}/kernel",
-                             (d, h, hd)),
-                    reshaped(f"{name}/attention/self/{n}/bias", (h * hd,), f"{path}/attention/{n}/bias", (h, hd))]
-        out += [reshaped(f"{name}/attention/output/dense/kernel", (h * hd, d), f"{path}/attention/out/kernel",
-                         (h, hd, d)),
-                same(f"{name}/attention/output/dense/bias", f"{path}/attention/out/bias", (d,)),
+        out += attention_entries(name, f"{path}/attention", d, h, hd)
+        out += [
                 *norm(f"{name}/input", f"{path}/mlp_norm"),
                 *dense(f"{name}/intermediate/dense", f"{path}/mlp/wi", d, ff),
                 *dense(f"{name}/output/dense", f"{path}/mlp/wo", ff, d)]
