@@ -14,32 +14,20 @@ from jax._src import array as jax_array
 from jax._src import config as jax_config
 
 from t5pegasus.errors import UserError
-from t5pegasus.pretrain.corpora import iter_peoples_daily_documents
 from t5pegasus.training import loop as looplib
 from t5pegasus.training import runconfig
 from t5pegasus.training.prefetch import Prefetcher
+from tests import tiny_run
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    docs = [doc for _, doc in zip(range(40), iter_peoples_daily_documents(), strict=False)]
-    (d / "docs.txt").write_text("\n\n".join(docs), encoding="utf-8")
-    return d
+    return tiny_run.write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def overrides(corpus, out, name, **extra):
-    values = {
-        "name": name, "output_dir": str(out), "model.preset": "tiny", "model.d_model": 32, "model.d_ff": 64,
-        "model.num_heads": 2, "model.d_kv": 8, "model.num_encoder_layers": 1, "model.num_decoder_layers": 1,
-        "data.corpus": str(corpus / "docs.txt"), "data.vocab_size": 600, "data.max_source_len": 48,
-        "data.max_target_len": 16, "data.batch_size": 8, "data.eval_every_nth": 10,
-        "data.cache_dir": str(corpus / "cache"), "train.steps": 7, "train.log_every": 3, "checkpoint.every": 100,
-        "eval.every": 0, "log.tensorboard": False, "log.peak_flops": 1e9, "optim.learning_rate": 3e-3,
-        "optim.points": "{2: 1.0}", "mesh.data": 2, "mesh.fsdp": -1, "mesh.rules": "fsdp",
-    }
-    values.update(extra)
-    return [f"{k}={v}" for k, v in values.items()]
+    return tiny_run.overrides(corpus, out, name, **{"train.steps": 7, "train.log_every": 3, "checkpoint.every": 100,
+                                                    "eval.every": 0, **extra})
 
 
 @pytest.fixture

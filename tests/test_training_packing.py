@@ -11,6 +11,7 @@ import t5pegasus as tp
 from t5pegasus.errors import UserError
 from t5pegasus.training import runconfig
 from t5pegasus.training.objectives import make_objective
+from tests import tiny_run
 
 SEQ2SEQ_ROWS = {"source": 40, "target": 16}  # packed row lengths; examples are at most 20 / 8 long
 
@@ -160,27 +161,13 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from t5pegasus.pretrain.corpora import iter_peoples_daily_documents
-
-    d = tmp_path_factory.mktemp("corpus")
-    docs = [doc for _, doc in zip(range(40), iter_peoples_daily_documents(), strict=False)]
-    (d / "docs.txt").write_text("\n\n".join(docs), encoding="utf-8")
-    return d
+    return tiny_run.write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def overrides(corpus, out, name, **extra):
-    values = {
-        "name": name, "output_dir": str(out), "model.preset": "tiny", "model.d_model": 32, "model.d_ff": 64,
-        "model.num_heads": 2, "model.d_kv": 8, "model.num_encoder_layers": 1, "model.num_decoder_layers": 1,
-        "model.cross_attention_bias": True, "data.corpus": str(corpus / "docs.txt"), "data.vocab_size": 600,
-        "data.max_source_len": 48, "data.max_target_len": 16, "data.batch_size": 8, "data.eval_every_nth": 10,
-        "data.cache_dir": str(corpus / "cache"), "data.pack": "{source: 144, target: 48}", "train.steps": STEPS,
-        "train.log_every": 1, "checkpoint.every": 2, "eval.every": 2, "eval.batches": 1, "log.tensorboard": False,
-        "log.peak_flops": 1e9, "optim.learning_rate": 3e-3, "optim.points": "{2: 1.0}", "mesh.rules": "fsdp",
-        "mesh.data": 2, "mesh.fsdp": -1,
-    }
-    values.update(extra)
-    return [f"{k}={v}" for k, v in values.items()]
+    return tiny_run.overrides(corpus, out, name, **{
+        "model.cross_attention_bias": True, "data.pack": "{source: 144, target: 48}", "train.steps": STEPS,
+        "train.log_every": 1, "checkpoint.every": 2, "eval.every": 2, "eval.batches": 1, **extra})
 
 
 @pytest.fixture(scope="module")
