@@ -10,10 +10,9 @@ import argparse
 from pathlib import Path
 
 from t5pegasus.cli.options import add_model_kind_arg, add_tokenizer_kind_arg
-from t5pegasus.convert.detect import FORMATS, detect, tokenizer_files
+from t5pegasus.convert.detect import FORMATS, detect, model_dir, tokenizer_files
 from t5pegasus.convert.model_folder import as_model_kind, folder_tokenizer_kind, read_weights
 from t5pegasus.errors import UserError
-from t5pegasus.training.run_folder import RunFolder
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{dst} exists; choose another destination or pass --force to replace it")
     extra = tokenizer_files(src, src_format, args.tokenizer) if args.dst_format in ("hf", "tf") else {}
     # the shipped tokenizer's kind, recorded in DST: as SRC records it (a Megatron CPM-LM's .model is cpm)
-    folder = RunFolder(src if src.is_dir() else src.parent)
+    folder = model_dir(src)
     kind = next((folder_tokenizer_kind(folder, path, src_format, given=args.tokenizer_kind, own=args.tokenizer is None)
                  for path in extra.values()), None)
     cfg, params = read_weights(src, src_format, step=args.step, ema=args.ema, num_heads=args.num_heads)

@@ -15,6 +15,12 @@ WHAT_A_MODEL_FOLDER_IS = ("a training run (model_config.json + checkpoints/), a 
                           "+ model.ckpt.index, as the T5 PEGASUS release) or a Megatron checkpoint")
 
 
+def model_dir(path: str | Path) -> RunFolder:
+    """The folder a model path stands for: the path itself, or a TF checkpoint prefix's folder."""
+    path = Path(path)
+    return RunFolder(path if path.is_dir() else path.parent)
+
+
 def detect(path: Path) -> str:
     """The format of an existing model path (one of FORMATS), or a UserError saying what a model folder is.
 
@@ -49,9 +55,8 @@ def tokenizer_files(src: Path, src_format: str, tokenizer: str | None = None) ->
     """{name in the export: file} for the tokenizer to ship: `tokenizer` (--tokenizer), else the source's own (a
     run's recorded tokenizer, or a vocab.txt / sentencepiece model in a TF, HF or Megatron folder)."""
     if tokenizer is None:
-        folder = src if src.is_dir() else src.parent  # a TF checkpoint may be given by its prefix
         try:
-            path = RunFolder(folder).tokenizer_file()
+            path = model_dir(src).tokenizer_file()
         except UserError:
             return {}  # the source ships no single vocab/model file: nothing to copy
     else:

@@ -21,12 +21,6 @@ from t5pegasus.training import runconfig
 from t5pegasus.training.run_folder import RunFolder
 
 
-def _model_section(cfg: Any) -> dict[str, Any]:
-    values = cfg.to_dict()
-    values.pop("dtype")  # the run config's train.dtype decides the compute dtype
-    return values
-
-
 def same_file(a: str | Path, b: str | Path) -> bool:
     """Whether two tokenizer files hold the same bytes (the same vocabulary under two names)."""
     a, b = Path(a), Path(b)
@@ -73,7 +67,7 @@ def resolve_init(values: dict[str, Any], say: Callable[[str], None] = print, *, 
 def _start(init: str, vocab: str | None, probe: runconfig.RunConfig, run: RunFolder, say: Callable[[str], None],
            with_weights: bool) -> tuple[dict[str, Any], str, Callable[[], Any] | None]:
     """(model section, data.vocab, initial params) of a run starting from the folder `init`."""
-    from t5pegasus.convert.model_folder import load_model
+    from t5pegasus.convert.model_folder import load_model, model_section
     from t5pegasus.convert.revocab import new_config, revocab
     from t5pegasus.text.load import load_tokenizer
     from t5pegasus.training.loop import vocab_rows
@@ -86,7 +80,7 @@ def _start(init: str, vocab: str | None, probe: runconfig.RunConfig, run: RunFol
     else:
         new_tok = load_tokenizer(vocab)  # the kind the data pipeline reads it as (by its suffix)
         if not with_weights:
-            return _model_section(new_config(loaded.cfg, new_tok, vocab_rows(new_tok.vocab_size))), vocab, None
+            return model_section(new_config(loaded.cfg, new_tok, vocab_rows(new_tok.vocab_size))), vocab, None
         result = revocab(loaded.cfg, loaded.params, loaded.tokenizer, new_tok, rows=vocab_rows(new_tok.vocab_size),
                          seed=probe.seed)
         say(f"re-vocabularised {init} to {vocab}: {result.report.summary()}")
@@ -98,4 +92,4 @@ def _start(init: str, vocab: str | None, probe: runconfig.RunConfig, run: RunFol
     def initial() -> Any:
         return holder.pop("params")
 
-    return _model_section(cfg), vocab, initial if with_weights else None
+    return model_section(cfg), vocab, initial if with_weights else None

@@ -115,6 +115,24 @@ def folder_tokenizer_kind(folder: RunFolder, path: Path, fmt: str, *, given: str
     return kind_for_file(path)
 
 
+def open_tokenizer(folder: RunFolder, fmt: str, tokenizer: str | os.PathLike | None = None,
+                   tokenizer_kind: str | None = None) -> tuple[Tokenizer, Path, str]:
+    """(tokenizer, its file, its kind) of the model folder `folder` of format `fmt`: `tokenizer` instead of its
+    own file, `tokenizer_kind` instead of the kind it records (see `folder_tokenizer_kind`)."""
+    from t5pegasus.text.load import load_tokenizer
+
+    path = folder.tokenizer_file(tokenizer)
+    kind = folder_tokenizer_kind(folder, path, fmt, given=tokenizer_kind, own=tokenizer is None)
+    return load_tokenizer(path, kind=kind), path, kind
+
+
+def model_section(cfg: ConfigBase) -> dict[str, Any]:
+    """A model config as a run config's model section (the run's train.dtype decides the compute dtype)."""
+    values = cfg.to_dict()
+    values.pop("dtype")
+    return values
+
+
 def align_special_ids(cfg: ConfigBase, tok: Tokenizer) -> ConfigBase:
     """The config with the tokenizer's special ids (those it has), checked to fit the vocabulary."""
     ids = families.of(cfg).special_ids(tok.special_ids)
@@ -132,18 +150,16 @@ def load_model(path: str | os.PathLike, *, ema: bool = False, tokenizer: str | o
     """Config, params (latest checkpoint; EMA weights with `ema`) and tokenizer of a model folder (`tokenizer`
     instead of its own, `tokenizer_kind` instead of the kind it records), used as `model_kind` when given (see
     `as_model_kind`)."""
-    from t5pegasus.text.load import load_tokenizer
+    from t5pegasus.convert.detect import model_dir
 
     path = Path(path)
     kind = model_format(path)
-    folder = RunFolder(path if path.is_dir() else path.parent)  # a TF checkpoint may be given by its prefix
+    folder = model_dir(path)
     if kind == "run" and RunFolder.holds_run(folder.best.path):
         folder = folder.best  # a fine-tuning run folder: its best model
         path = folder.path
     info = folder.info()
-    tok_path = folder.tokenizer_file(tokenizer)
-    tok_kind = folder_tokenizer_kind(folder, tok_path, kind, given=tokenizer_kind, own=tokenizer is None)
-    tok = load_tokenizer(tok_path, kind=tok_kind)
+    tok, tok_path, tok_kind = open_tokenizer(folder, kind, tokenizer, tokenizer_kind)
     if kind == "run" and not with_params:
         cfg, params = folder.model_config(), None
     else:

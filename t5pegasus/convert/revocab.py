@@ -374,14 +374,10 @@ def revocab_folder(cfg: ConfigBase, params: Any, src: str | os.PathLike, vocab: 
                    tokenizer: str | os.PathLike | None = None, seed: int = 0) -> Revocabulary:
     """`revocab` of weights read from the model folder `src` to the vocabulary file `vocab` (vocab.txt or a
     sentencepiece .model); the old tokenizer is `tokenizer`, else the folder's own (as `model_folder` finds it)."""
-    from t5pegasus.convert.detect import detect
-    from t5pegasus.convert.model_folder import align_special_ids, folder_tokenizer_kind
+    from t5pegasus.convert.detect import detect, model_dir
+    from t5pegasus.convert.model_folder import align_special_ids, open_tokenizer
     from t5pegasus.text.load import load_tokenizer
-    from t5pegasus.training.run_folder import RunFolder
 
-    src = Path(src)
-    folder = RunFolder(src if src.is_dir() else src.parent)  # a TF checkpoint may be given by its prefix
-    old_path = folder.tokenizer_file(tokenizer)
-    old = load_tokenizer(old_path, kind=folder_tokenizer_kind(folder, old_path, detect(src), own=tokenizer is None))
+    old, _, _ = open_tokenizer(model_dir(src), detect(Path(src)), tokenizer)
     new = load_tokenizer(vocab)
     return revocab(align_special_ids(cfg, old), params, old, new, seed=seed)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from t5pegasus import families
-from t5pegasus.convert.model_folder import LoadedModel, align_special_ids, folder_tokenizer_kind, load_model
+from t5pegasus.convert.model_folder import LoadedModel, align_special_ids, load_model, model_section, open_tokenizer
 from t5pegasus.decoding import Settings
 from t5pegasus.errors import UserError
 from t5pegasus.finetune.data import LAYOUT, Pair, group_pairs, prepare_pairs, read_training_file
@@ -90,10 +90,7 @@ def _model_dict(cfg: Any, objective: str) -> dict[str, Any]:
     """The run config's model section: the init model, made the model kind of the objective's name where the
     family has one (UniLM fine-tuning of a plain BERT: same weights, seq2seq mask; SimBERT: also the linear
     pooler)."""
-    values = cfg.to_dict()
-    values.pop("dtype")  # the run config's train.dtype decides the compute dtype
-    values.update(families.of(cfg).model_kinds.get(objective, {}))
-    return values
+    return {**model_section(cfg), **families.of(cfg).model_kinds.get(objective, {})}
 
 
 def _run_config(spec: FinetuneSpec, out: Path, model: dict[str, Any], objective: str, datasets: tuple[Path, Path],
@@ -141,14 +138,10 @@ class BestKeeper:
 def _start(spec: FinetuneSpec, out: Path, say: Callable[[str], None]) -> tuple[LoadedModel, bool]:
     """The model to fine-tune: on a resume, the run's own config and tokenizer (no weights needed);
     otherwise the init folder's config, weights and tokenizer."""
-    from t5pegasus.text.load import load_tokenizer
-
     run = RunFolder(out)
     if run.holds_run(out) and run.latest_step() is not None:
         info = run.info()
-        tok_path = run.tokenizer_file(spec.tokenizer)
-        kind = folder_tokenizer_kind(run, tok_path, "run", given=spec.tokenizer_kind, own=spec.tokenizer is None)
-        tok = load_tokenizer(tok_path, kind=kind)
+        tok, tok_path, kind = open_tokenizer(run, "run", spec.tokenizer, spec.tokenizer_kind)
         cfg = align_special_ids(run.model_config(), tok)
         return LoadedModel(cfg, None, tok, tok_path.resolve(), kind, "run", info), True
     say(f"loading {spec.init}{' (EMA weights)' if spec.ema else ''}…")
