@@ -12,8 +12,13 @@ def unreadable(path: object, error: BaseException, what: str,
                remedy: str = "copy or download it again") -> UserError:
     """The one-line error for a weights file that exists but cannot be read: truncated by an interrupted copy or
     a full disk, or not the format its name says. `what` names the format ("safetensors file", ...)."""
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return UserError(f"{path}: not a readable {what} ({first}); the file may be truncated or corrupt: {remedy}")
+    return UserError(f"{path}: not a readable {what} ({first_line(error)}); the file may be truncated or corrupt: "
+                     f"{remedy}")
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), for one-line errors."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def root_cause(error: BaseException) -> BaseException:

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from t5pegasus.errors import UserError, root_cause, unreadable
+from t5pegasus.errors import UserError, first_line, root_cause, unreadable
 from t5pegasus.training.run_folder import RunFolder
 from t5pegasus.training.state import TrainState
 
@@ -106,7 +106,7 @@ def _reason(cause: BaseException) -> str:
     code = re.search(r"os_error_code='?(\d+)", str(cause))
     if code:
         return os.strerror(int(code.group(1)))
-    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    first = first_line(cause)
     return first if len(first) <= 200 else first[:200] + "…"
 
 
@@ -180,7 +180,7 @@ class Checkpointer:
             self.manager.close()  # its reader threads would otherwise print tracebacks at exit
             cause = root_cause(e)
             if any(code in str(cause) for code in ("OUT_OF_RANGE", "DATA_LOSS", "metadata")):
-                earlier = [s for s in self.manager.all_steps() if s < step]
+                earlier = [s for s in self.good_steps() if s < step]
                 remedy = (f"move it out of {self.directory} to resume from step {max(earlier)}" if earlier
                           else "move it away to start the run again")
                 raise unreadable(self.directory / str(step), cause, "checkpoint", remedy) from None
