@@ -346,7 +346,7 @@ def _loop(c: _Context, state: TrainState, start: int, result: RunResult, keep_st
         if not (log_now or eval_now or save_now):
             continue
         with _host_reads():  # a sync point: the only device-to-host reads of the step loop
-            host = {k: v.item() for k, v in jax.device_get(sums).items()}
+            host = _on_host(sums)
             _check_finite(c, host, log_now)
             if log_now:
                 result.last_train = _train_values(c, host, window)
@@ -366,11 +366,16 @@ def _loop(c: _Context, state: TrainState, start: int, result: RunResult, keep_st
             break
     if last_saved != step and step > start:
         with _host_reads():
-            _check_finite(c, {k: v.item() for k, v in jax.device_get(sums).items()}, False)
+            _check_finite(c, _on_host(sums), False)
             ckpt.save(state, position, force=True)
     result.final_step = step
     if keep_state:
         result.state = state
+
+
+def _on_host(sums: dict[str, jax.Array]) -> dict[str, Any]:
+    """The device-side window sums as Python numbers (a device-to-host read: call it under `_host_reads`)."""
+    return {k: v.item() for k, v in jax.device_get(sums).items()}
 
 
 def _agreed_stop(c: _Context, step: int) -> str | None:
