@@ -40,10 +40,11 @@ def import_beam() -> Any:
 def input_files(inputs: Sequence[str]) -> list[str]:
     """Files named by the inputs: local files and folders (walked as the local reader does), or glob patterns
     any Beam file system understands (gs://bucket/corpus/*.txt)."""
+    from t5pegasus.pretrain.prepare import PEOPLES_DAILY
     from t5pegasus.pretrain.reading import list_files
 
     local = [i for i in inputs if "://" not in i]
-    if any(i in ("peoples-daily",) or i.startswith("tfds:") for i in local):
+    if any(i == PEOPLES_DAILY or i.startswith("tfds:") for i in local):
         raise UserError("prepare --runner reads text files; give the corpus as files, folders or patterns")
     files = [str(f) for f in list_files(local)] if local else []
     remote = [i for i in inputs if "://" in i]
