@@ -18,3 +18,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import pytest  # noqa: E402
+
+from tests import children  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_child_outlives_its_test():
+    """A child process a test started (tests/children.py) never outlives the test, even when it fails."""
+    yield
+    children.kill_leftovers()

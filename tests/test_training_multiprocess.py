@@ -8,13 +8,14 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import time
 
 import numpy as np
 import pytest
+
+from tests import children
 
 WORKER = textwrap.dedent('''
     import json, sys
@@ -80,16 +81,16 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process():
+def test_two_processes_match_one_process(tmp_path):
     want = run_steps(0, 1)  # this process: 8 simulated devices
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(port), str(i), "2"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=180) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    line = next(x for x in outs[0][0].splitlines() if x.startswith("RESULT "))
+    procs = [children.Child([sys.executable, "-c", WORKER, str(port), str(i), "2"], tmp_path, f"worker{i}", env)
+             for i in range(2)]
+    ends = children.finish(procs, timeout=180)
+    for code, _, err in ends:
+        assert code == 0, err[-3000:]
+    line = next(x for x in ends[0][1].splitlines() if x.startswith("RESULT "))
     got = json.loads(line[len("RESULT "):])
     assert got["devices"] == 8 and want["devices"] == 8
     np.testing.assert_allclose(got["losses"], want["losses"], rtol=1e-5)
@@ -129,7 +130,8 @@ def loop_overrides(corpus, out, name="run", **extra):
 
 
 def launch(loop_runs, name, processes, **extra):
-    """`t5pegasus pretrain` as `processes` local processes x 8/processes simulated devices (Popen objects)."""
+    """`t5pegasus pretrain` as `processes` local processes x 8/processes simulated devices (`children.Child`,
+    logs in `<runs>/logs/<name>-<process>.*`)."""
     corpus, out = loop_runs
     port = _free_port()
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
@@ -137,18 +139,13 @@ def launch(loop_runs, name, processes, **extra):
                XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={8 // processes}")
     args = [sys.executable, "-m", "t5pegasus.cli", "pretrain", *loop_overrides(corpus, out, name=name, **extra),
             f"distributed.coordinator=127.0.0.1:{port}", f"distributed.num_processes={processes}"]
-    return [subprocess.Popen([*args, f"distributed.process_id={i}"], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for i in range(processes)]
-
-
-def finish(procs, timeout=300):
-    """[(returncode, stdout, stderr)] of every process."""
-    outs = [p.communicate(timeout=timeout) for p in procs]
-    return [(p.returncode, o, e) for p, (o, e) in zip(procs, outs, strict=True)]
+    logs = out / "logs"
+    return [children.Child([*args, f"distributed.process_id={i}"], logs, f"{name}-{processes}p-{i}-{time.time_ns()}",
+                           env) for i in range(processes)]
 
 
 def run_loop(loop_runs, name, processes, **extra):
-    ends = finish(launch(loop_runs, name, processes, **extra))
+    ends = children.finish(launch(loop_runs, name, processes, **extra))
     for code, _, err in ends:
         assert code == 0, err[-3000:]
     assert f"8 cpu device(s) in {processes} process(es)" in ends[0][1] or "resuming" in ends[0][1], ends[0][1]
@@ -204,16 +201,16 @@ def test_two_processes_run_the_loop_bit_for_bit_like_one(loop_runs, one_process)
     assert len(logged(two, "eval")) == 2
 
 
-def train_lines_when(procs, run_dir, ready, timeout=240.0):
-    """Wait until `ready(train lines in metrics.jsonl)` (process 0 writes it); returns that count."""
+def train_lines_when(procs, run_dir, ready, then=None):
+    """Run the processes a slice at a time until `ready(train lines in metrics.jsonl)` (process 0 writes it);
+    call `then()` while they are stopped. Returns that count."""
     metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + timeout
-    while time.time() < deadline and all(p.poll() is None for p in procs):
+
+    def count():
         n = metrics.read_text().count('"kind": "train"') if metrics.exists() else 0
-        if ready(n):
-            return n
-        time.sleep(0.05)
-    raise AssertionError(f"not ready: {[(p.returncode, p.stderr.read()[-2000:]) for p in procs if p.poll()]}")
+        return ready(n) and max(n, 1)
+
+    return children.hold_until(procs, count, then=then)
 
 
 def finished_steps(run_dir):
@@ -226,10 +223,10 @@ def finished_steps(run_dir):
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_the_rerun_resumes(loop_runs, one_process):
     run_dir = loop_runs[1] / "term"
     procs = launch(loop_runs, "term", 2)
-    train_lines_when(procs, run_dir, lambda n: n >= 1)
+    # the other process hears of it only through the agreement
+    train_lines_when(procs, run_dir, lambda n: n >= 1, then=lambda: procs[1].send_signal(signal.SIGTERM))
     sent = time.time()
-    procs[1].send_signal(signal.SIGTERM)  # the other process hears of it only through the agreement
-    ends = finish(procs, timeout=120)
+    ends = children.finish(procs, timeout=120)
     assert time.time() - sent < 60
     assert [code for code, _, _ in ends] == [143, 143], [err[-2000:] for _, _, err in ends]
     stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", ends[0][1]).group(1))
@@ -247,10 +244,9 @@ def test_sigkill_of_both_processes_then_the_run_resumes_on_one_process(loop_runs
     run_dir = loop_runs[1] / "killed"
     procs = launch(loop_runs, "killed", 2)
     # SIGKILL: no handler runs; wait for one finished checkpoint so the rerun really resumes
-    train_lines_when(procs, run_dir, lambda n: n >= 3 and finished_steps(run_dir))
-    for p in procs:
-        p.kill()
-    assert [code for code, _, _ in finish(procs)] == [-9, -9]
+    train_lines_when(procs, run_dir, lambda n: n >= 3 and finished_steps(run_dir),
+                     then=lambda: [p.kill() for p in procs])
+    assert [code for code, _, _ in children.finish(procs)] == [-9, -9]
     resumed_from = max(finished_steps(run_dir))
     rerun = run_loop(loop_runs, "killed", 1)  # a 2-process checkpoint, 1 process x 8 devices, same mesh
     assert f"from step {resumed_from}" in rerun[0][1]
@@ -274,11 +270,9 @@ def test_a_one_process_checkpoint_resumes_on_two_processes_and_another_mesh(loop
 def test_a_dead_process_stops_the_other_within_the_heartbeat_timeout(loop_runs):
     run_dir = loop_runs[1] / "dead"
     procs = launch(loop_runs, "dead", 2, **{"train.steps": 500})
-    train_lines_when(procs, run_dir, lambda n: n >= 1)
-    procs[1].kill()
+    train_lines_when(procs, run_dir, lambda n: n >= 1, then=procs[1].kill)
     killed = time.time()
-    code, _, err = finish(procs[:1], timeout=120)[0]
-    procs[1].wait()
+    code, _, err = children.finish(procs, timeout=120)[0]
     assert time.time() - killed < 10 + 30  # distributed.heartbeat_timeout=10, and time to notice
     assert code != 0 and "another task died" in err, err[-2000:]
     assert logged(run_dir, "train")[-1][0] < 500

@@ -7,9 +7,7 @@ import os
 import random
 import re
 import signal
-import subprocess
 import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -21,7 +19,7 @@ from t5pegasus.training import mesh as meshlib
 from t5pegasus.training import runconfig
 from t5pegasus.training.checkpoint import Checkpointer
 from t5pegasus.training.loop import train
-from tests import tiny_run
+from tests import children, tiny_run
 
 STEPS = 8
 
@@ -93,11 +91,12 @@ def test_tensorboard_events_hold_the_logged_scalars(uninterrupted):
 def test_sigterm_saves_and_stops_then_rerun_resumes_there(corpus, tmp_path, uninterrupted):
     _, want = uninterrupted
     args = [sys.executable, "-m", "t5pegasus.cli", "pretrain", *overrides(corpus, tmp_path, name="term")]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
-    _signal_when(proc, tmp_path / "term", lambda logged: logged >= 3, signal.SIGTERM)
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 143, err.decode()[-2000:]
-    stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", out.decode()).group(1))
+    run = children.Child(args, tmp_path / "logs", "term")
+    children.hold_until([run], lambda: _train_lines(tmp_path / "term") >= 3,
+                        then=lambda: run.send_signal(signal.SIGTERM))
+    [(code, out, err)] = children.finish([run], timeout=240)
+    assert code == 143, err[-2000:]
+    stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", out).group(1))
     assert 3 <= stopped < STEPS and stopped in _finished_checkpoints(tmp_path / "term")
     result = train(runconfig.load(None, overrides(corpus, tmp_path, name="term")))
     assert result.start_step == stopped and result.final_step == STEPS
@@ -125,19 +124,10 @@ def test_diverging_run_stops_with_a_clear_error_and_keeps_the_good_checkpoint(co
     assert f"last good checkpoint is step {max(steps)} in" in str(err.value)
 
 
-def _signal_when(proc, run_dir, ready, sig, timeout=240.0):
-    """Poll the run's metrics.jsonl until `ready(train lines logged)` holds, then send `sig` to `proc`; returns
-    the train lines logged by then (the run may also end, or the time run out, first)."""
+def _train_lines(run_dir):
+    """How many train lines the run has logged to its metrics.jsonl so far."""
     metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + timeout
-    logged = 0
-    while time.time() < deadline and proc.poll() is None:
-        logged = sum(1 for x in metrics.read_text().splitlines() if '"train"' in x) if metrics.exists() else 0
-        if ready(logged):
-            proc.send_signal(sig)
-            break
-        time.sleep(0.05)
-    return logged
+    return sum(1 for x in metrics.read_text().splitlines() if '"train"' in x) if metrics.exists() else 0
 
 
 def _finished_checkpoints(run_dir):
@@ -150,14 +140,14 @@ def test_sigkill_at_random_step_then_rerun_matches(corpus, tmp_path, uninterrupt
     _, want = uninterrupted
     args = [sys.executable, "-m", "t5pegasus.cli", "pretrain", *overrides(corpus, tmp_path, name="killed")]
     kill_after = random.Random(os.getpid()).randint(3, STEPS - 2)
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
-    # a slow machine may still be writing the first asynchronous save at step `kill_after`: wait for one
-    # finished checkpoint so the rerun really resumes (the later ones may be half written when killed).
-    # SIGKILL: no handler runs.
-    logged = _signal_when(proc, tmp_path / "killed",
-                          lambda n: n >= kill_after and _finished_checkpoints(tmp_path / "killed"), signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -9, proc.stderr.read().decode()[-2000:]
+    run = children.Child(args, tmp_path / "logs", "killed")
+    # wait for one finished checkpoint too, so the rerun really resumes (the asynchronous save of a later one
+    # may be half written when killed). SIGKILL: no handler runs.
+    logged = children.hold_until(
+        [run], lambda: _train_lines(tmp_path / "killed") >= kill_after and _finished_checkpoints(tmp_path / "killed")
+        and _train_lines(tmp_path / "killed"), then=run.kill)
+    [(code, _, err)] = children.finish([run], timeout=60)
+    assert code == -9, err[-2000:]
     result = train(runconfig.load(None, overrides(corpus, tmp_path, name="killed")))
     assert 0 < result.start_step <= logged and result.final_step == STEPS
     got = final_params(tmp_path / "killed", STEPS)
