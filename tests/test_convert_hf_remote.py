@@ -6,6 +6,7 @@ reported."""
 import itertools
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,6 +105,26 @@ def test_attention_switches_still_need_allow_lossy(tmp_path):
     tp.convert.save_hf(cfg, params, tmp_path / "hf", allow_lossy=True, report=said.append)
     assert len(said) == 2 and said[0].startswith("lossy export: attention switches") and "trust_remote_code" in said[1]
     assert tp.convert.load_hf(tmp_path / "hf")[0] == cfg
+
+
+def test_a_model_without_the_relative_bias_exports_lossily_with_a_zero_one(tmp_path):
+    """RoPE T5 (no relative-bias table): `allow_lossy` writes a zero table HF loads, and the re-import keeps
+    RoPE and every weight."""
+    cfg = tp.T5Config.preset("tiny", vocab_size=120, attention={"position": "rope"})
+    params = nn.meta.unbox(tp.models.T5(cfg).init(jax.random.PRNGKey(0), jnp.ones((1, 6), jnp.int32),
+                                                  jnp.ones((1, 4), jnp.int32))["params"])
+    assert "relpos_bias" not in params["encoder"]
+    with pytest.raises(tp.UserError, match="rope.*allow_lossy"):
+        tp.convert.save_hf(cfg, params, tmp_path / "hf")
+    said = []
+    tp.convert.save_hf(cfg, params, tmp_path / "hf", allow_lossy=True, report=said.append)
+    assert said and said[0].startswith("lossy export: attention switches")
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "hf")
+    table = hf.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
+    assert table.shape == (cfg.relative_buckets, cfg.num_heads) and not table.detach().abs().sum()
+    got_cfg, got = tp.convert.load_hf(tmp_path / "hf")
+    assert got_cfg == cfg
+    assert_same_tree(got, params)
 
 
 @pytest.fixture(scope="module")

@@ -60,11 +60,12 @@ def _restore_exact(folder: Path, hf_config: dict, cfg: ConfigBase, params: dict,
         return cfg, params
     exact_cfg = load_config_dict(ours, str(folder / "config.json"))
     sidecar = folder / EXACT_SIDECAR
+    exact: dict = {}
     if sidecar.exists():
         from safetensors.numpy import load_file
 
-        params = fmt.restore_exact(exact_cfg, params, load_file(str(sidecar)))
-    return exact_cfg, params
+        exact = load_file(str(sidecar))
+    return exact_cfg, fmt.restore_exact(exact_cfg, params, exact)
 
 
 def _to_arrays(tree: Any, dtype: jnp.dtype) -> Any:

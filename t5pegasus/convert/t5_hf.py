@@ -179,8 +179,11 @@ def params_to_hf(cfg: T5Config, params: dict[str, Any]) -> dict[str, np.ndarray]
 
     for stack, count in _stacks(cfg):
         tree = params[stack]
-        out[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = arr(
-            tree["relpos_bias"]["rel_embedding"])
+        # a model without the relative bias (RoPE, no positions; a lossy export) gets a zero one: HF's T5
+        # always adds it, and zeros add nothing
+        out[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (
+            arr(tree["relpos_bias"]["rel_embedding"]) if "relpos_bias" in tree
+            else np.zeros((cfg.relative_buckets, h), np.float32))
         for i in range(count):
             layer = tree[f"layers_{i}"]
             for j, (ours, theirs) in enumerate(_SUBLAYERS[stack]):
@@ -250,7 +253,12 @@ def exact_tensors(cfg: T5Config, params: Any) -> dict[str, np.ndarray]:
 
 
 def restore_exact(cfg: T5Config, params: dict[str, Any], exact: dict[str, np.ndarray]) -> dict[str, Any]:
-    """`params` with the exact LM head of `exact_tensors` put back (a tied model needs none)."""
+    """`params` as the exported model had them: without the zero relative-bias tables a lossy export of a
+    RoPE / position-free model wrote, and with the exact LM head of `exact_tensors` put back (a tied model
+    needs none)."""
+    if cfg.attention.position != "relative_bias":
+        params = {k: ({n: t for n, t in v.items() if n != "relpos_bias"} if k in ("encoder", "decoder") else v)
+                  for k, v in params.items()}
     if "lm_head" not in exact:
         return params
     decoder = {k: v for k, v in params["decoder"].items() if k != "lm_head"}
