@@ -126,3 +126,17 @@ def test_a_blocked_checkpoint_folder_is_one_line_and_other_errors_keep_their_tra
     assert not [t for t in waiting if t.is_alive()]
     bug = ValueError("a tree that does not match")
     assert ckpt._write_error(bug, 3) is bug  # not a write failure: it keeps its traceback
+
+
+def test_metrics_that_cannot_be_written_stop_the_run_with_one_line(at_step_2, tmp_path):
+    corpus, run = at_step_2
+    shutil.copytree(run, tmp_path / "disk")
+    metrics = tmp_path / "disk" / "metrics.jsonl"
+    metrics.unlink()
+    metrics.symlink_to("/dev/full")  # opens for appending; every write fails with ENOSPC
+    code, _, err = pretrain(corpus, tmp_path)
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-4000:]
+    assert lines[0].startswith("t5pegasus pretrain: error: could not write the train metrics of step 3 to "
+                               f"{metrics} (No space left on device)") and "rerun the same command" in lines[0]
+    assert RunFolder(tmp_path / "disk").steps() == [2]  # nothing a user had is lost

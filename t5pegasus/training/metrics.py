@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5pegasus.errors import UserError
+
 
 def measure_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of a large square matmul on the default device (best of `repeats`)."""
@@ -57,6 +59,10 @@ def use_progress(setting: str) -> bool:
     return sys.stdout.isatty() and not os.environ.get("CI")
 
 
+class MetricsWriteError(UserError):
+    """metrics.jsonl could not be written (disk full, a vanished folder): the run stops with one line."""
+
+
 class MetricsLog:
     """Writes scalars to `run_dir/metrics.jsonl` and TensorBoard (`run_dir/tensorboard`), and shows progress."""
 
@@ -70,8 +76,9 @@ class MetricsLog:
         if not self.enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl_path = run_dir / "metrics.jsonl"
         if jsonl:
-            self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+            self.jsonl = open(self._jsonl_path, "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -91,8 +98,15 @@ class MetricsLog:
         clean = {k: (float(v) if isinstance(v, int | float | np.generic | np.ndarray) else v)
                  for k, v in values.items()}
         if self.jsonl:
-            self.jsonl.write(json.dumps({"step": step, "kind": kind, "time": time.time(), **clean}) + "\n")
-            self.jsonl.flush()
+            try:
+                self.jsonl.write(json.dumps({"step": step, "kind": kind, "time": time.time(), **clean}) + "\n")
+                self.jsonl.flush()
+            except OSError as e:
+                self._drop_jsonl()
+                raise MetricsWriteError(
+                    f"could not write the {kind} metrics of step {step} to {self._jsonl_path} "
+                    f"({e.strerror or e}); free space or fix the folder, then rerun the same command to resume "
+                    f"from the last checkpoint") from None
         if self.tb:
             for k, v in clean.items():
                 if isinstance(v, float):
@@ -115,11 +129,20 @@ class MetricsLog:
         else:
             print(text, flush=True)
 
+    def _drop_jsonl(self) -> None:
+        """Close metrics.jsonl after a failed write, dropping what its buffer still holds (flushing it again
+        would fail again, at exit, with a traceback)."""
+        jsonl, self.jsonl = self.jsonl, None
+        try:
+            jsonl.close()
+        except OSError:
+            pass
+
     def close(self) -> None:
         if self.live is not None:
             self.live.stop()
         if self.jsonl:
-            self.jsonl.close()
+            self._drop_jsonl()
         if self.tb:
             self.tb.close()
 
