@@ -344,9 +344,10 @@ class StackConfig(ConfigBase):
 
     @property
     def position_limit(self) -> int | None:
-        """The table's rows; with hierarchical positions their extension, n * n (docs/attention.md)."""
+        """The table's rows; with hierarchical positions their extension, n * n (docs/attention.md); None for
+        rotary or no positions, which have no table."""
         n = self.max_position_embeddings
-        return n * n if self.attention.position == "hierarchical" else n
+        return {"learned": n, "hierarchical": n * n}.get(self.attention.position)
 
     @property
     def trained_positions(self) -> int | None:

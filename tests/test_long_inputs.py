@@ -40,6 +40,24 @@ def test_finetune_lengths_go_past_the_table_only_with_hierarchical_positions():
     assert _as_overridden(LEARNED, ("model.attention.position=hierarchical",)).position_limit == N * N
 
 
+def test_a_sequence_past_the_table_is_refused_not_clamped():
+    """A lookup past a learned table would silently repeat its last row: GPT and BERT refuse the sequence (and
+    a cache that large); hierarchical positions go to N * N; rotary ones have no table and no limit."""
+    ids = jnp.ones((1, N + 1), jnp.int32)
+    gpt, bert = tp.models.GPT(LEARNED), tp.models.Bert(tp.BertConfig.preset("tiny", max_position_embeddings=N))
+    with pytest.raises(tp.UserError, match=f"9 tokens is longer than the model's {N} positions.*hierarchical"):
+        gpt.init(jax.random.key(0), ids)
+    with pytest.raises(tp.UserError, match=f"longer than the model's {N} positions"):
+        bert.init(jax.random.key(0), ids)
+    p = gpt.init(jax.random.key(0), ids[:, :N])["params"]
+    with pytest.raises(tp.UserError, match="9 tokens"):
+        tp.models.gpt.init_cache(tp.models.GPT(LEARNED), p, 1, N + 1)
+    tp.models.GPT(HIER).init(jax.random.key(0), jnp.ones((1, N * N), jnp.int32))
+    rope = LEARNED.replace(attention={"position": "rope"})
+    assert rope.position_limit is None
+    tp.models.GPT(rope).init(jax.random.key(0), jnp.ones((1, 4 * N), jnp.int32))
+
+
 @pytest.fixture(scope="module")
 def params():
     p = tp.models.unbox(tp.models.GPT(HIER).init(jax.random.key(0), jnp.ones((1, 4), jnp.int32))["params"])

@@ -62,11 +62,11 @@ def _lengths(spec: FinetuneSpec, cfg: Any) -> tuple[int, int]:
     """(max source, max target) tokens: given, or 512/128 for T5; GPT/BERT default to their trained position
     table and may be given up to its hierarchical extension (`position_limit`)."""
     positions, trained = cfg.position_limit, cfg.trained_positions
-    if positions is None:
+    if trained is None:
         return spec.max_source_len or 512, spec.max_target_len or 128
     target = spec.max_target_len or min(128, trained // 4)
     source = spec.max_source_len or max(1, trained - target)
-    if source + target > positions:
+    if positions is not None and source + target > positions:
         longer = ("" if positions > trained else
                   f"; attention.position=hierarchical would extend its {trained} to {trained * trained}")
         raise UserError(f"--max-source-len {source} + --max-target-len {target} exceed the model's {positions} "

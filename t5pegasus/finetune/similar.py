@@ -9,6 +9,7 @@ next power of two, at most the limit), so a long file compiles the encoder once 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,7 +57,7 @@ class SentenceEncoder:
         from t5pegasus.training.simbert import sentence_vectors
 
         simbert_note(cfg)  # refuses a model that is no BERT
-        self.max_len = min(max_len or cfg.trained_positions, cfg.position_limit)
+        self.max_len = min(max_len or cfg.trained_positions, cfg.position_limit or sys.maxsize)
         if self.max_len < 3:
             raise UserError("the maximum length must leave room for [CLS] text [SEP] (at least 3)")
         self.tok, self.batch_size = tokenizer, max(1, batch_size)

@@ -27,6 +27,7 @@ from t5pegasus.models.layers import (
     LayerNorm,
     MultiHeadAttention,
     PositionEmbed,
+    check_length,
     constrain,
     dtype_of,
     initial_scores,
@@ -156,7 +157,8 @@ class Bert(nn.Module):
             attn_mask = cached_attention_mask(cfg.mask, offset, key_valid, key_count, query_count)
         else:
             offset, attn_mask = 0, attention_mask(cfg.mask, valid, segment_ids)
-        if positions is None:
+        if positions is None:  # from 0 (or the cache's offset: its size was checked when it was made)
+            check_length(cfg, ids.shape[1])
             positions = offset + jnp.arange(ids.shape[1])[None, :]
         word = Embed(cfg.vocab_size, cfg.hidden_size, stddev=std, name="word_embeddings", **kw)
         x = word(ids)

@@ -22,6 +22,7 @@ from t5pegasus.models.layers import (
     Embed,
     LayerNorm,
     MultiHeadAttention,
+    check_length,
     constrain,
     dtype_of,
     initial_scores,
@@ -103,7 +104,8 @@ class GPT(nn.Module):
         else:
             offset = 0  # causality is the attention's `causal` flag (a fused kernel's is_causal), padding the mask
             attn_mask = None if mask is None else key_padding_mask(valid, n)
-        if positions is None:
+        if positions is None:  # from 0 (or the cache's offset: its size was checked when it was made)
+            check_length(cfg, ids.shape[1])
             positions = offset + jnp.arange(n)[None, :]
         tokens = Embed(cfg.vocab_size, cfg.hidden_size, stddev=std, name="token_embeddings", **kw)
         x = tokens(ids)

@@ -18,6 +18,7 @@ from jax import Array
 from t5pegasus import attention as attn
 from t5pegasus.attention import dot_product_attention, kernels
 from t5pegasus.config import AttentionConfig
+from t5pegasus.errors import UserError
 from t5pegasus.models.matmul import matmul
 
 Initializer = Callable[..., Array]
@@ -507,6 +508,17 @@ class PositionEmbed(nn.Module):
         if self.hierarchical_alpha is not None:
             return attn.hierarchical_rows(table, index, self.hierarchical_alpha).astype(self.dtype)
         return jnp.take(table, index, axis=0).astype(self.dtype)
+
+
+def check_length(cfg: Any, length: int) -> None:
+    """Refuse `length` positions from 0 past a BERT/GPT config's position table (`position_limit`): a lookup
+    beyond the table would silently repeat its last row."""
+    limit = cfg.position_limit
+    if limit is not None and length > limit:
+        longer = (f"; attention.position=hierarchical extends its {limit} to {limit * limit}"
+                  if cfg.attention.position == "learned" else "")
+        raise UserError(f"a sequence of {length} tokens is longer than the model's {limit} positions; shorten "
+                        f"it{longer}")
 
 
 def position_embeddings(cfg: Any, positions: Array, **kw: Any) -> Array | None:
