@@ -401,7 +401,8 @@ def test_hierarchical_positions_extend_the_table_exactly():
     got = hidden_of(short.replace(position_kind="hierarchical"), short_params, ids, valid_)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert np.abs(got - hidden_of(full, params, ids, valid_)).max() > 1e-3
-    assert np.isnan(hidden_of(short, short_params, ids, valid_)).any()  # the plain table ends at row 4
+    with pytest.raises(tp.UserError, match=f"{N} tokens is longer than the model's 4 positions"):
+        hidden_of(short, short_params, ids, valid_)  # the plain table ends at row 4
 
 
 def test_performer_features_fixed_at_evaluation_and_redrawn_in_training():
