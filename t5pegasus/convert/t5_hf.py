@@ -136,7 +136,7 @@ def hf_model_type(cfg: T5Config) -> str:
 
 def _has_cross_bias(cfg: T5Config) -> bool:
     """Whether the model adds the T5 PEGASUS cross-attention bias (it needs relative-bias positions)."""
-    return cfg.cross_attention_bias and cfg.attention.position == "relative_bias"
+    return cfg.cross_attention_bias and cfg.relative_bias
 
 
 def config_to_hf(cfg: T5Config) -> dict[str, Any]:
@@ -182,7 +182,7 @@ def params_to_hf(cfg: T5Config, params: dict[str, Any]) -> dict[str, np.ndarray]
         # a model without the relative bias (RoPE, no positions; a lossy export) gets a zero one: HF's T5
         # always adds it, and zeros add nothing
         out[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (
-            arr(tree["relpos_bias"]["rel_embedding"]) if "relpos_bias" in tree
+            arr(tree["relpos_bias"]["rel_embedding"]) if cfg.relative_bias
             else np.zeros((cfg.relative_buckets, h), np.float32))
         for i in range(count):
             layer = tree[f"layers_{i}"]
@@ -256,7 +256,7 @@ def restore_exact(cfg: T5Config, params: dict[str, Any], exact: dict[str, np.nda
     """`params` as the exported model had them: without the zero relative-bias tables a lossy export of a
     RoPE / position-free model wrote, and with the exact LM head of `exact_tensors` put back (a tied model
     needs none)."""
-    if cfg.attention.position != "relative_bias":
+    if not cfg.relative_bias:
         params = {k: ({n: t for n, t in v.items() if n != "relpos_bias"} if k in ("encoder", "decoder") else v)
                   for k, v in params.items()}
     if "lm_head" not in exact:

@@ -100,8 +100,8 @@ def entries(cfg: T5Config, norm: str | None = None) -> list[Entry]:
 
 def check_exportable(cfg: T5Config) -> None:
     """mesh-TF names cover T5 with its relative position bias (the T5 PEGASUS switches are config, not weights)."""
-    kind = cfg.attention.position
-    if kind != "relative_bias":
+    if not cfg.relative_bias:
+        kind = cfg.attention.position
         raise UserError(f"mesh-TF T5 checkpoints have a relative position bias table; attention.position {kind!r} "
                         "has no names there")
 

@@ -84,10 +84,15 @@ class T5Config(ConfigBase):
         self._check(self.num_encoder_layers >= 0 and self.num_decoder_layers > 0, "layer counts must be positive")
         self.attention.check("T5Config", kinds=T5_ATTENTION_KINDS, positions=T5_POSITION_KINDS,
                              head_dim=self.d_kv, causal=False, unilm=False)
-        self._check(self.attention.position == "relative_bias" or not self.cross_attention_bias,
+        self._check(self.relative_bias or not self.cross_attention_bias,
                     "cross_attention_bias adds the decoder's relative position bias to cross-attention; with "
                     f"attention.position={self.attention.position!r} there is no such bias: set "
                     "cross_attention_bias=False")
+
+    @property
+    def relative_bias(self) -> bool:
+        """Whether the stacks have T5's relative position bias tables (`relpos_bias`); rotary ones have none."""
+        return self.attention.position == "relative_bias"
 
     @property
     def logits_scaled(self) -> bool:

@@ -512,7 +512,7 @@ class PositionEmbed(nn.Module):
 
 def check_length(cfg: Any, length: int) -> None:
     """Refuse `length` positions from 0 past a BERT/GPT config's position table (`position_limit`): a lookup
-    beyond the table would silently repeat its last row."""
+    beyond the table would give NaN rows."""
     limit = cfg.position_limit
     if limit is not None and length > limit:
         longer = (f"; attention.position=hierarchical extends its {limit} to {limit * limit}"

@@ -60,7 +60,7 @@ def _attend(module: MultiHeadAttention, x: Array, scores: tuple[Array, ...], ind
 
 def _relative_bias(cfg: T5Config, bidirectional: bool) -> RelativePositionBias | None:
     """The stack's shared relative position bias module, or None when positions are rotary."""
-    if cfg.attention.position != "relative_bias":
+    if not cfg.relative_bias:
         return None
     return RelativePositionBias(cfg.relative_buckets, cfg.relative_max_distance, cfg.num_heads, bidirectional,
                                 stddev=cfg.initializer_factor * cfg.d_model**-0.5,
