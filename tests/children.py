@@ -33,10 +33,6 @@ class Child:
                                          env=env or dict(os.environ))
         _ALIVE.append(self)
 
-    @property
-    def returncode(self) -> int | None:
-        return self.proc.returncode
-
     def poll(self) -> int | None:
         return self.proc.poll()
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from tests import children
+from tests import children, tiny_run
 
 WORKER = textwrap.dedent('''
     import json, sys
@@ -131,7 +131,7 @@ def loop_overrides(corpus, out, name="run", **extra):
 
 def launch(loop_runs, name, processes, **extra):
     """`t5pegasus pretrain` as `processes` local processes x 8/processes simulated devices (`children.Child`,
-    logs in `<runs>/logs/<name>-<process>.*`)."""
+    logs in `<runs>/logs/<name>-<processes>p-<process>-<launch time>.*`: a rerun writes its own)."""
     corpus, out = loop_runs
     port = _free_port()
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
@@ -202,15 +202,9 @@ def test_two_processes_run_the_loop_bit_for_bit_like_one(loop_runs, one_process)
 
 
 def train_lines_when(procs, run_dir, ready, then=None):
-    """Run the processes a slice at a time until `ready(train lines in metrics.jsonl)` (process 0 writes it);
-    call `then()` while they are stopped. Returns that count."""
-    metrics = run_dir / "metrics.jsonl"
-
-    def count():
-        n = metrics.read_text().count('"kind": "train"') if metrics.exists() else 0
-        return ready(n) and max(n, 1)
-
-    return children.hold_until(procs, count, then=then)
+    """Run the processes a slice at a time until `ready(train lines in metrics.jsonl)` (process 0 writes it),
+    then call `then()` while they are stopped."""
+    children.hold_until(procs, lambda: ready(tiny_run.train_lines(run_dir)), then=then)
 
 
 def finished_steps(run_dir):

@@ -92,7 +92,7 @@ def test_sigterm_saves_and_stops_then_rerun_resumes_there(corpus, tmp_path, unin
     _, want = uninterrupted
     args = [sys.executable, "-m", "t5pegasus.cli", "pretrain", *overrides(corpus, tmp_path, name="term")]
     run = children.Child(args, tmp_path / "logs", "term")
-    children.hold_until([run], lambda: _train_lines(tmp_path / "term") >= 3,
+    children.hold_until([run], lambda: tiny_run.train_lines(tmp_path / "term") >= 3,
                         then=lambda: run.send_signal(signal.SIGTERM))
     [(code, out, err)] = children.finish([run], timeout=240)
     assert code == 143, err[-2000:]
@@ -124,12 +124,6 @@ def test_diverging_run_stops_with_a_clear_error_and_keeps_the_good_checkpoint(co
     assert f"last good checkpoint is step {max(steps)} in" in str(err.value)
 
 
-def _train_lines(run_dir):
-    """How many train lines the run has logged to its metrics.jsonl so far."""
-    metrics = run_dir / "metrics.jsonl"
-    return sum(1 for x in metrics.read_text().splitlines() if '"train"' in x) if metrics.exists() else 0
-
-
 def _finished_checkpoints(run_dir):
     """Step numbers of the complete checkpoints (orbax renames a step's folder to its number once written)."""
     folder = run_dir / "checkpoints"
@@ -143,9 +137,11 @@ def test_sigkill_at_random_step_then_rerun_matches(corpus, tmp_path, uninterrupt
     run = children.Child(args, tmp_path / "logs", "killed")
     # wait for one finished checkpoint too, so the rerun really resumes (the asynchronous save of a later one
     # may be half written when killed). SIGKILL: no handler runs.
-    logged = children.hold_until(
-        [run], lambda: _train_lines(tmp_path / "killed") >= kill_after and _finished_checkpoints(tmp_path / "killed")
-        and _train_lines(tmp_path / "killed"), then=run.kill)
+    def logged_when_ready():
+        logged = tiny_run.train_lines(tmp_path / "killed")
+        return logged if logged >= kill_after and _finished_checkpoints(tmp_path / "killed") else 0
+
+    logged = children.hold_until([run], logged_when_ready, then=run.kill)
     [(code, _, err)] = children.finish([run], timeout=60)
     assert code == -9, err[-2000:]
     result = train(runconfig.load(None, overrides(corpus, tmp_path, name="killed")))

@@ -26,3 +26,9 @@ def overrides(corpus: Path, out: Path, name: str = "run", **extra: object) -> li
     }  # fmt: skip
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def train_lines(run_dir: Path) -> int:
+    """How many train lines the run in `run_dir` has logged to its metrics.jsonl so far."""
+    metrics = run_dir / "metrics.jsonl"
+    return metrics.read_text().count('"kind": "train"') if metrics.exists() else 0
