@@ -7,6 +7,7 @@ import pytest
 
 from t5pegasus.attention import dot_product_attention, einsum_attention, kernels
 from t5pegasus.attention.kernels import Call, resolve_backend
+from tests.pallas_interpret import hlo_interpret_mode
 
 
 def _qkv(b=2, t=12, s=12, h=3, d=16, dtype=jnp.float32, seed=0):
@@ -134,12 +135,10 @@ def test_splash_wrapper_matches_reference_in_interpret_mode(is_causal):
 
 
 def test_flash_wrapper_keeps_bias_unscaled_and_folds_mask_in_interpret_mode():
-    import jax.experimental.pallas.tpu as pltpu
-
     q, k, v = _qkv(b=1, t=128, s=128, h=2, d=32)
     bias = jax.random.normal(jax.random.key(3), (1, 2, 128, 128))
     mask = (jnp.arange(128) < 100)[None, None, None, :]
-    with pltpu.force_tpu_interpret_mode():
+    with hlo_interpret_mode():
         out = kernels.flash_attention(q, k, v, bias, mask, scale=0.2, is_causal=True)
     ref = einsum_attention(q, k, v, bias, mask, scale=0.2, is_causal=True)
     np.testing.assert_allclose(out, ref, atol=1e-4)
@@ -159,8 +158,6 @@ def test_pallas_kernels_run_per_shard_under_a_mesh(kernel):
     """Under a sharded mesh the Pallas kernels run through shard_map over batch and heads (interpret mode on the
     simulated CPU mesh): output and gradients equal the einsum reference, and the output stays sharded."""
     import flax.linen as nn
-    import jax.experimental.pallas.tpu as pltpu
-
     mesh, rules = _mesh_and_rules()
     q, k, v = _qkv(b=4, t=128, s=128, h=2, d=32)
     bias = jax.random.normal(jax.random.key(3), (1, 2, 128, 128)) if kernel == "flash" else None
@@ -174,7 +171,7 @@ def test_pallas_kernels_run_per_shard_under_a_mesh(kernel):
     def ref(q, k, v):
         return einsum_attention(q, k, v, bias, mask, scale=0.2, is_causal=True)
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules), pltpu.force_tpu_interpret_mode():
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules), hlo_interpret_mode():
         out = jax.jit(fused)(q, k, v)
         grads = jax.jit(jax.grad(lambda *x: (fused(*x) ** 2).sum(), argnums=(0, 1, 2)))(q, k, v)
     assert out.sharding.spec[0] is not None and out.sharding.spec[2] == "tensor"  # batch and heads split
@@ -188,8 +185,6 @@ def test_dot_product_attention_routes_to_the_per_shard_kernel_on_tpu(monkeypatch
     """On a TPU (pretended here, kernels interpreted) under a mesh, "auto" picks splash without a bias and
     flash with one, and both go through shard_map (a Pallas call is not auto-partitioned)."""
     import flax.linen as nn
-    import jax.experimental.pallas.tpu as pltpu
-
     mesh, rules = _mesh_and_rules()
     used = []
     real = kernels.per_shard
@@ -197,7 +192,7 @@ def test_dot_product_attention_routes_to_the_per_shard_kernel_on_tpu(monkeypatch
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
     q, k, v = _qkv(b=4, t=128, s=128, h=2, d=32)
     bias = jax.random.normal(jax.random.key(3), (1, 2, 128, 128))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules), pltpu.force_tpu_interpret_mode():
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules), hlo_interpret_mode():
         plain = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, is_causal=True))(q, k, v)
         biased = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, bias, is_causal=True))(q, k, v)
     assert used == ["splash_attention", "flash_attention"]
@@ -258,8 +253,6 @@ def test_causal_models_hand_is_causal_to_the_kernels(monkeypatch):
     """GPT and the T5 decoder pass causality as `is_causal` (not a dense mask): on a (pretended, interpreted)
     TPU an unpadded GPT row reaches splash, the T5 decoder's self-attention (relative bias) flash with
     is_causal and no mask, and both give the CPU einsum path's logits."""
-    import jax.experimental.pallas.tpu as pltpu
-
     import t5pegasus as tp
 
     ids = jax.random.randint(jax.random.key(0), (2, 128), 2, 128)
@@ -276,7 +269,7 @@ def test_causal_models_hand_is_causal_to_the_kernels(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
     gpt_out = gpt.apply({"params": gpt_params}, ids)
     assert calls == [("splash", True, False)]
-    with pltpu.force_tpu_interpret_mode():
+    with hlo_interpret_mode():
         t5_out = t5.apply({"params": t5_params}, ids, ids)
     # encoder (bias + padding mask), decoder self-attention (bias, is_causal), cross-attention (mask)
     assert calls[1:] == [("flash", False, True), ("flash", True, False), ("flash", False, True)]
