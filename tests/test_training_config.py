@@ -34,6 +34,7 @@ def test_default_and_overrides():
     (["train.steps=abc"], "train.steps"),
     (["steps"], "key=value"),
     (["data.batch_size=6", "optim.accumulate=4"], "divisible"),
+    (["train.stop_exit=one"], "train.stop_exit 'one' must be one of zero, signal"),
 ])
 def test_bad_overrides_are_clear_errors(bad, message):
     with pytest.raises(UserError, match=message):

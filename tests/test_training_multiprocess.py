@@ -222,7 +222,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_the_rerun_re
     sent = time.time()
     ends = children.finish(procs, timeout=120)
     assert time.time() - sent < 60
-    assert [code for code, _, _ in ends] == [143, 143], [err[-2000:] for _, _, err in ends]
+    assert [code for code, _, _ in ends] == [0, 0], [err[-2000:] for _, _, err in ends]  # a clean stop
     stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", ends[0][1]).group(1))
     assert stopped % 2 == 0 and stopped < LOOP_STEPS  # an agreement step (distributed.stop_check_every=2)
     assert max(finished_steps(run_dir)) == stopped

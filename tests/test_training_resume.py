@@ -90,7 +90,9 @@ def test_tensorboard_events_hold_the_logged_scalars(uninterrupted):
 
 def test_sigterm_saves_and_stops_then_rerun_resumes_there(corpus, tmp_path, uninterrupted):
     _, want = uninterrupted
-    args = [sys.executable, "-m", "t5pegasus.cli", "pretrain", *overrides(corpus, tmp_path, name="term")]
+    # exit 143 (train.stop_exit=signal; the default is 0), and the rerun without the key still resumes
+    args = [sys.executable, "-m", "t5pegasus.cli", "pretrain", *overrides(corpus, tmp_path, name="term"),
+            "train.stop_exit=signal"]
     run = children.Child(args, tmp_path / "logs", "term")
     children.hold_until([run], lambda: tiny_run.train_lines(tmp_path / "term") >= 3,
                         then=lambda: run.send_signal(signal.SIGTERM))

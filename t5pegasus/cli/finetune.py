@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     run_result = result.run
-    code = 130 if run_result.interrupted == "SIGINT" else (143 if run_result.interrupted == "SIGTERM" else 0)
+    code = run_result.exit_code
     if jax.process_index() != 0:
         return code  # every process stops for the same agreed reason, so all exit alike
     lines = [f"{'stopped by ' + run_result.interrupted if run_result.interrupted else 'finished'}: step "

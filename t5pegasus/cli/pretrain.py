@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, initial_params=initial_params)
     import jax
 
-    code = 130 if result.interrupted == "SIGINT" else (143 if result.interrupted == "SIGTERM" else 0)
+    code = result.exit_code
     if jax.process_index() != 0:
         return code  # every process stops for the same agreed reason, so all exit alike
     command = "t5pegasus pretrain" + (f" --config {args.config}" if args.config else "")

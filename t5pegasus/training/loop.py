@@ -44,7 +44,7 @@ from t5pegasus.training.objectives import (
 from t5pegasus.training.optim import make_optimizer
 from t5pegasus.training.prefetch import Prefetcher
 from t5pegasus.training.run_folder import RunFolder
-from t5pegasus.training.runconfig import RunConfig, resume_mismatches
+from t5pegasus.training.runconfig import STOP_EXIT_CODES, RunConfig, resume_mismatches
 from t5pegasus.training.state import TrainState, init_state, state_from_params, state_shardings
 from t5pegasus.training.step import (
     AVERAGED,
@@ -72,6 +72,7 @@ class RunResult:
     last_eval: dict[str, float] | None
     checkpoint_steps: list[int]
     state: TrainState | None = None
+    exit_code: int = 0  # what the command exits with: 0, or train.stop_exit's code when a signal stopped it
 
 
 class _StopSignals:
@@ -362,6 +363,7 @@ def _loop(c: _Context, state: TrainState, start: int, result: RunResult, keep_st
                 last_saved = step
         if stopping:
             result.interrupted = stopping
+            result.exit_code = STOP_EXIT_CODES[cfg.train.stop_exit][stopping]
             log.message(f"{stopping}: saved a checkpoint at step {step}")
             break
     if last_saved != step and step > start:

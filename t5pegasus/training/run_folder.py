@@ -177,22 +177,28 @@ class RunFolder:
         path = self.state_dir(step)
         if not path.is_dir():
             raise UserError(f"{path} does not exist; steps here: {latest} is the latest")
-        with ocp.StandardCheckpointer() as checkpointer:
+        with ocp.PyTreeCheckpointer() as checkpointer:
             try:
                 metadata = checkpointer.metadata(path).item_metadata
                 if metadata is None:  # _METADATA cut short or missing
                     raise ValueError("its metadata cannot be read")
+                if ema and not metadata.tree.get("ema"):
+                    raise UserError(f"run {self.path} kept no EMA of the weights (optim.ema is 0); export "
+                                    "without --ema")
                 device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-                target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                      metadata.tree)
-                state = checkpointer.restore(path, target)
+                # Only the weights (and their average): the optimizer moments would triple the memory.
+                wanted = {k: metadata.tree[k] for k in (("params", "ema") if ema else ("params",))}
+                target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), wanted)
+                state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+                    item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True))
+            except UserError:
+                raise
             except Exception as e:  # orbax raises plain Exception around tensorstore's OUT_OF_RANGE / DATA_LOSS
                 raise unreadable(path, root_cause(e), "checkpoint") from None
         if not ema:
             return cfg, state["params"]
-        saved = state.get("ema")
-        if not saved:
-            raise UserError(f"run {self.path} kept no EMA of the weights (optim.ema is 0); export without --ema")
+        saved = state["ema"]
         average = ema_params(SimpleNamespace(ema=SimpleNamespace(count=saved["count"], ema=saved["ema"]),
                                              params=state["params"]), self.ema_momentum())
         return cfg, average

@@ -90,12 +90,20 @@ class ObjectiveConfig:
     z_loss: float = 0.0
 
 
+# train.stop_exit: the exit code of a run stopped by each signal once it saved its checkpoint
+STOP_EXIT_CODES: dict[str, dict[str, int]] = {"zero": {"SIGTERM": 0, "SIGINT": 0},
+                                              "signal": {"SIGTERM": 143, "SIGINT": 130}}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
     dtype: str = "float32"  # compute dtype; parameters stay float32
     log_every: int = 10
     max_bad_steps: int = 5  # consecutive non-finite losses that stop the run
+    # The exit code once a SIGTERM/SIGINT stop has saved its checkpoint: zero (a clean, resumable stop), or
+    # signal (143 / 130, for an orchestrator that must read a stopped run as not finished)
+    stop_exit: str = "zero"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +153,8 @@ SECTIONS: dict[str, type] = {
 }  # fmt: skip
 TOP_LEVEL = {"name": "t5-pegasus-demo", "output_dir": "runs", "seed": 0}
 # Keys a resumed run may change (everything else must equal the checkpointed run's config).
-RESUMABLE = ("name", "output_dir", "train.steps", "train.log_every", "mesh.", "checkpoint.", "eval.", "log.",
-             "distributed.", "data.cache_dir")
+RESUMABLE = ("name", "output_dir", "train.steps", "train.log_every", "train.stop_exit", "mesh.", "checkpoint.",
+             "eval.", "log.", "distributed.", "data.cache_dir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,6 +291,8 @@ def _check(cfg: RunConfig) -> None:
                         f"{cfg.optim.accumulate}")
     if cfg.train.dtype not in ("float32", "bfloat16", "float16"):
         raise UserError(f"train.dtype {cfg.train.dtype!r} must be float32, bfloat16 or float16")
+    if cfg.train.stop_exit not in STOP_EXIT_CODES:
+        raise UserError(f"train.stop_exit {cfg.train.stop_exit!r} must be one of {', '.join(STOP_EXIT_CODES)}")
     if cfg.log.progress not in ("auto", "on", "off"):
         raise UserError("log.progress must be auto, on or off")
     if cfg.checkpoint.every < 1 or cfg.checkpoint.keep < 1:
