@@ -46,10 +46,10 @@ runpy.run_module("t5pegasus.cli", run_name="__main__")
 """
 
 
-def pretrain(corpus, out, limit_file_size=False):
+def pretrain(corpus, out, limit_file_size=False, **extra):
     """`t5pegasus pretrain` in a subprocess with the run folder under `out`: (exit code, stdout, stderr)."""
     start = ["-c", LIMITED] if limit_file_size else ["-m", "t5pegasus.cli"]
-    proc = subprocess.run([sys.executable, *start, "pretrain", *settings(corpus, out)], capture_output=True,
+    proc = subprocess.run([sys.executable, *start, "pretrain", *settings(corpus, out, **extra)], capture_output=True,
                           text=True, timeout=300, env=dict(os.environ))
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -140,3 +140,22 @@ def test_metrics_that_cannot_be_written_stop_the_run_with_one_line(at_step_2, tm
     assert lines[0].startswith("t5pegasus pretrain: error: could not write the train metrics of step 3 to "
                                f"{metrics} (No space left on device)") and "rerun the same command" in lines[0]
     assert RunFolder(tmp_path / "disk").steps() == [2]  # nothing a user had is lost
+
+
+def test_tensorboard_events_that_cannot_be_written_stop_the_run_with_one_line(at_step_2, tmp_path, small_disk):
+    """The events folder on a full disk (metrics.jsonl still writable): one line naming it, no traceback from
+    tensorboardX's exit-time flush, and the checkpoint intact."""
+    corpus, run = at_step_2
+    shutil.copytree(run, tmp_path / "disk")
+    events = tmp_path / "disk" / "tensorboard"  # the tiny runs write none, this one does
+    (small_disk / "tensorboard").mkdir()
+    events.symlink_to(small_disk / "tensorboard")
+    with open(small_disk / "filler", "wb") as f:  # fill it: the first flush of an event fails
+        stat = os.statvfs(small_disk)
+        f.write(b"\0" * (stat.f_bavail * stat.f_frsize))
+    code, _, err = pretrain(corpus, tmp_path, **{"log.tensorboard": True})
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-4000:]
+    assert lines[0].startswith("t5pegasus pretrain: error: could not write the train metrics of step 3 to "
+                               f"{events} (No space left on device)") and "rerun the same command" in lines[0]
+    assert RunFolder(tmp_path / "disk").steps() == [2]

@@ -60,7 +60,13 @@ def use_progress(setting: str) -> bool:
 
 
 class MetricsWriteError(UserError):
-    """metrics.jsonl could not be written (disk full, a vanished folder): the run stops with one line."""
+    """metrics.jsonl or the TensorBoard events could not be written (disk full, a vanished folder): the run
+    stops with one line."""
+
+    def __init__(self, kind: str, step: int, path: Path, error: OSError) -> None:
+        super().__init__(f"could not write the {kind} metrics of step {step} to {path} ({error.strerror or error}); "
+                         "free space or fix the folder, then rerun the same command to resume from the last "
+                         "checkpoint")
 
 
 class MetricsLog:
@@ -82,7 +88,8 @@ class MetricsLog:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self._tb_path = run_dir / "tensorboard"
+            self.tb = SummaryWriter(str(self._tb_path))
         if use_progress(progress):
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -103,15 +110,16 @@ class MetricsLog:
                 self.jsonl.flush()
             except OSError as e:
                 self._drop_jsonl()
-                raise MetricsWriteError(
-                    f"could not write the {kind} metrics of step {step} to {self._jsonl_path} "
-                    f"({e.strerror or e}); free space or fix the folder, then rerun the same command to resume "
-                    f"from the last checkpoint") from None
+                raise MetricsWriteError(kind, step, self._jsonl_path, e) from None
         if self.tb:
-            for k, v in clean.items():
-                if isinstance(v, float):
-                    self.tb.add_scalar(f"{kind}/{k}", v, step)
-            self.tb.flush()
+            try:
+                for k, v in clean.items():
+                    if isinstance(v, float):
+                        self.tb.add_scalar(f"{kind}/{k}", v, step)
+                self.tb.flush()
+            except OSError as e:
+                self._drop_tensorboard()
+                raise MetricsWriteError(kind, step, self._tb_path, e) from None
         line = " ".join(_fmt(k, v) for k, v in clean.items() if k in SHOWN)
         if self.live is not None:
             if kind == "train":
@@ -138,13 +146,31 @@ class MetricsLog:
         except OSError:
             pass
 
+    def _drop_tensorboard(self) -> None:
+        """Close the TensorBoard writer. When what it still buffers cannot be written (every `write` flushed,
+        so that is what failed just now), tensorboardX would try again at exit and print a traceback: its
+        writer threads are stopped and its files marked closed instead (tensorboardX internals, so anything
+        unexpected leaves them as they are)."""
+        tb, self.tb = self.tb, None
+        try:
+            tb.close()
+        except OSError:
+            for writer in (tb.all_writers or {}).values():
+                try:
+                    events = writer.event_writer
+                    if not events._closed:
+                        events._worker.stop()  # it returns at the stop signal, writing nothing more
+                        events._closed = True  # skips the flush of close() and of its exit hook
+                except Exception:  # noqa: BLE001 - a best effort on the way out
+                    pass
+
     def close(self) -> None:
         if self.live is not None:
             self.live.stop()
         if self.jsonl:
             self._drop_jsonl()
         if self.tb:
-            self.tb.close()
+            self._drop_tensorboard()
 
 
 SHOWN = ("loss", "accuracy", "learning_rate", "grad_norm", "tokens_per_s", "step_time", "data_wait", "mfu",
