@@ -92,13 +92,16 @@ def test_simbert_loss_gradient_and_direction():
         out = model.apply({"params": p}, batch["ids"], batch["segment_ids"], batch["mask"])
         sums, metrics = simbert_loss(out.logits, sentence_vectors(out), batch["targets"], batch["weights"],
                                      pair_ids=batch["pair_ids"])
-        return mean_loss(sums), {**metrics, "tokens": sums.weight}
+        return mean_loss(sums), {**metrics, "tokens": sums.weight, "aux": sums.aux / sums.weight}
 
     value_and_grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
     (loss, metrics), grads = value_and_grad(params)
     leaves = jax.tree_util.tree_leaves(grads)
     assert all(bool(jnp.isfinite(g).all()) for g in leaves) and any(bool(jnp.any(g != 0)) for g in leaves)
     np.testing.assert_allclose(float(loss), float(metrics["seq2seq_loss"] + metrics["similarity_loss"]), rtol=1e-6)
+    # the sums carry the similarity term on its own (`aux`), which the trainer logs as similarity_loss
+    np.testing.assert_allclose(float(metrics["aux"]), float(metrics["similarity_loss"]), rtol=1e-6)
+    assert float(metrics["similarity_loss"]) > 0.1
     # The seq2seq part is exactly the UniLM loss, counted on the second segment's tokens only.
     assert int(metrics["tokens"]) == int(batch["segment_ids"].sum())
     unilm = make_objective("unilm", cfg).loss(params, batch, deterministic=True)

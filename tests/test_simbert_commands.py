@@ -285,6 +285,9 @@ def test_finetune_simbert_from_the_bert4keras_folder(tmp_path, capsys):
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in logged if r.get("kind") == "train" and "loss" in r]
     assert len(losses) >= 5 and losses[-1] < losses[0]
+    for line in (r for r in logged if r.get("kind") in ("train", "eval") and "loss" in r):  # both parts, logged
+        assert line["similarity_loss"] > 0 and line["seq2seq_loss"] > 0, line
+        np.testing.assert_allclose(line["seq2seq_loss"] + line["similarity_loss"], line["loss"], rtol=1e-5)
     cfg = json.loads((out / "best" / "model_config.json").read_text())
     assert (cfg["mask"], cfg["pooler_activation"]) == ("unilm", "linear")
     assert json.loads((out / "best" / "finetune.json").read_text())["objective"] == "simbert"

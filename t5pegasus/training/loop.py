@@ -414,6 +414,7 @@ def _train_values(c: _Context, host: dict[str, Any], window: _Window) -> dict[st
     """A log window's train line: means over its finite steps, the last learning rate, throughput, data wait."""
     n = int(host["finite"])
     values: dict[str, float] = {k: host[k] / n for k in AVERAGED} if n else {"loss": host["last_loss"]}
+    values.update(_loss_parts(c.objective, values.get("loss", 0.0), values.pop("aux_loss", None)))
     values["learning_rate"] = host["learning_rate"]
     values["skipped"] = int(host["skipped"])
     elapsed = time.perf_counter() - window.start
@@ -453,6 +454,15 @@ def _evaluate(c: _Context, state: TrainState) -> dict[str, float]:
         total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
     if total is None:
         return {"loss": 0.0, "accuracy": 0.0, "tokens": 0.0}
-    loss, _, correct, weight = (float(x) for x in jax.device_get(total))
-    w = max(weight, 1.0)
-    return {"loss": loss / w, "accuracy": correct / w, "tokens": weight}
+    total = jax.device_get(total)
+    w = max(float(total.weight), 1.0)
+    return {"loss": float(total.loss) / w, "accuracy": float(total.correct) / w, "tokens": float(total.weight),
+            **_loss_parts(objective, float(total.loss) / w, float(total.aux) / w)}
+
+
+def _loss_parts(objective: Objective, loss: float, aux: float | None) -> dict[str, float]:
+    """The named parts of a loss whose objective has two (SimBERT: seq2seq and similarity); else nothing."""
+    names = objective.loss_parts
+    if names is None or aux is None:
+        return {}
+    return {names[0]: loss - aux, names[1]: aux}

@@ -20,6 +20,9 @@ class TokenSums(NamedTuple):
     z_loss: Array  # the z-loss part of `loss`
     correct: Array  # weighted count of argmax == target
     weight: Array  # sum of the weights (number of target tokens)
+    # an objective's own term in `loss`, summed per token like it (SimBERT's similarity loss; 0 otherwise), so
+    # that its part of loss / weight can be logged on its own
+    aux: Array
 
 
 def cross_entropy(logits: Array, targets: Array, weights: Array | None = None, *, label_smoothing: float = 0.0,
@@ -54,4 +57,5 @@ def cross_entropy(logits: Array, targets: Array, weights: Array | None = None, *
         z_loss=jnp.sum(z * weights),
         correct=jnp.sum(correct * weights),
         weight=jnp.sum(weights),
+        aux=jnp.zeros((), jnp.float32),
     )

@@ -174,7 +174,7 @@ class MetricsLog:
 
 
 SHOWN = ("loss", "accuracy", "learning_rate", "grad_norm", "tokens_per_s", "step_time", "data_wait", "mfu",
-         "skipped", "nonfinite_loss", "bad_in_a_row", "nonfinite_steps")
+         "skipped", "nonfinite_loss", "bad_in_a_row", "nonfinite_steps", "seq2seq_loss", "similarity_loss")
 
 
 def _fmt(k: str, v: Any) -> str:

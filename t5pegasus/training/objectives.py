@@ -51,6 +51,11 @@ class Objective:
         args, kwargs = self.call_args(batch, True)
         return self.model.init(rng, *args, **kwargs)["params"]
 
+    @property
+    def loss_parts(self) -> tuple[str, str] | None:
+        """What the log calls the parts of this objective's loss (see `ObjectiveKind.loss_parts`)."""
+        return KINDS[self.name].loss_parts if self.name in KINDS else None
+
     def unpacked(self) -> Objective:
         """The same objective reading unpadded-per-example batches (no packing fields), e.g. for evaluation."""
         extra = KINDS[self.name].packed if self.name in KINDS else {}
@@ -119,6 +124,8 @@ class ObjectiveKind:
     no_packing: str = ""  # why this kind does not pack (when `packed` is empty)
     check_run: Callable[[Any], str | None] = lambda run_cfg: None
     output_loss: OutputLoss | None = None
+    # names the log gives the two parts of the loss: (loss - aux, aux) of its TokenSums; None: one loss
+    loss_parts: tuple[str, str] | None = None
 
 
 def _simbert_run(run_cfg: Any) -> str | None:
@@ -144,6 +151,7 @@ KINDS: dict[str, ObjectiveKind] = {
     "simbert": ObjectiveKind(_unilm_args, {"ids": "length", "segment_ids": "length", "targets": "length",
                                            "weights": "length", "pair_ids": "row"}, ("simbert",), _unilm_mask,
                              check_run=_simbert_run, output_loss=simbert.objective_loss,
+                             loss_parts=("seq2seq_loss", "similarity_loss"),
                              no_packing="its rows are sentence pairs whose [CLS] vectors are compared in the batch"),
 }
 

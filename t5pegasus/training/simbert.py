@@ -83,8 +83,10 @@ def similarity_loss(vectors: Array, scale: float = SCALE, pair_ids: Array | None
 
 def with_similarity(sums: TokenSums, similarity: Array, similarity_weight: float = 1.0) -> TokenSums:
     """`sums` with `similarity_weight * similarity` (a per-batch mean) added per target token, so that
-    loss / weight = the seq2seq mean + similarity_weight * similarity; z_loss, correct and weight unchanged."""
-    return sums._replace(loss=sums.loss + similarity_weight * similarity * jnp.maximum(sums.weight, 1.0))
+    loss / weight = the seq2seq mean + similarity_weight * similarity, and `aux` holds that term; z_loss,
+    correct and weight unchanged."""
+    term = similarity_weight * similarity * jnp.maximum(sums.weight, 1.0)
+    return sums._replace(loss=sums.loss + term, aux=sums.aux + term)
 
 
 def simbert_loss(logits: Array, vectors: Array, targets: Array, weights: Array | None, *, scale: float = SCALE,

@@ -60,7 +60,7 @@ def loss_and_grads(objective: Objective, params: Any, batch: Batch, rng: Array,
 
     zeros_g = jax.tree.map(jnp.zeros_like, params)
     zero = jnp.zeros((), jnp.float32)
-    init = (zeros_g, TokenSums(zero, zero, zero, zero))
+    init = (zeros_g, TokenSums(zero, zero, zero, zero, zero))
     keys = jax.random.split(rng, accumulate)
     (grads, s), _ = jax.lax.scan(body, init, (_micro_batches(batch, accumulate), keys))
     return s, grads
@@ -104,6 +104,7 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, sche
         metrics = {
             "loss": sums.loss / denom,
             "z_loss": sums.z_loss / denom,
+            "aux_loss": sums.aux / denom,
             "accuracy": sums.correct / denom,
             "tokens": sums.weight,
             "grad_norm": grad_norm,
@@ -128,7 +129,7 @@ def jit_train_step(step: Callable, state_shardings: TrainState, batch_sharding: 
                    donate_argnums=(0,), compiler_options=train_step_options() or None)
 
 
-AVERAGED = ("loss", "accuracy", "grad_norm", "z_loss")  # per-step metrics a log window averages
+AVERAGED = ("loss", "accuracy", "grad_norm", "z_loss", "aux_loss")  # per-step metrics a log window averages
 
 
 def window_sums() -> Metrics:
