@@ -136,8 +136,9 @@ class Bert(nn.Module):
 
     segment_ids default to zeros and mask to `ids != pad_token_id`; `condition` [b, condition_size] feeds the
     conditional LayerNorms (zeros if omitted), or, in a model with a label embedding (`num_conditions`),
-    `labels` [b] (int rows of `condition_embeddings`) gives it (`condition_from_labels`). With `decode=True` the call is one cached chunk (see
-    `init_cache`): positions continue from the cache, and in unilm mode the chunk's segment ids place it.
+    `labels` [b] (int rows of `condition_embeddings`) gives it (`condition_from_labels`). With `decode=True`
+    the call is one cached chunk (see `init_cache`): positions continue from the cache, and in unilm mode the
+    chunk's segment ids place it.
     """
 
     cfg: BertConfig
