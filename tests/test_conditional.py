@@ -60,7 +60,7 @@ def work(tmp_path_factory):
     return d
 
 
-def _finetune(d, train, objective, out, steps=40):
+def _finetune(d, train, objective, out, steps=24):
     code, text = _run("finetune", "--init", d / "hf", "--train", d / train, "--dev", d / train, "--output", d / out,
                       "--objective", objective, "--steps", steps, "--batch-size", 8, "--eval-every", steps,
                       "--eval-limit", 4, "--max-source-len", 8, "--max-target-len", 6, "--lr", "1e-2",
@@ -155,7 +155,7 @@ def test_unilm_with_integer_labels_follows_the_label(work):
     from t5pegasus.decoding import Settings
     from t5pegasus.finetune.predict import Predictor
 
-    best = _finetune(work, "s2s.jsonl", "unilm", "ft-s2s", steps=40)
+    best = _finetune(work, "s2s.jsonl", "unilm", "ft-s2s")
     loaded = load_model(best)
     assert (loaded.cfg.mask, loaded.cfg.num_conditions, loaded.cfg.condition_labels) == ("unilm", 2, ())
     predictor = Predictor(loaded.cfg, loaded.params, loaded.tokenizer, max_source_len=8)
