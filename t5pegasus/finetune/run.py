@@ -233,6 +233,10 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
                         f"(use --objective {family.default_objective})")
     dev_pairs = group_pairs(dev_read) if LAYOUT[objective] == "simbert" else dev_read
     labels = _label_fields(cfg, objective, train_pairs, say)
+    if LAYOUT[objective] != "simbert" and (label_vocabulary(train_pairs)[0] > 0) != (label_vocabulary(dev_read)[0] > 0):
+        raise UserError(f"{spec.train if train_pairs[0].label is None else spec.dev} has no condition labels but "
+                        f"{spec.dev if train_pairs[0].label is None else spec.train} has: give both a \"label\" per "
+                        "line, or neither")
     model = {**_model_dict(cfg, objective), **labels}
     labelled_cfg = _as_overridden(cfg.replace(**model) if labels else cfg, spec.overrides)
     lengths = _lengths(spec, labelled_cfg)
