@@ -164,7 +164,8 @@ def test_unilm_with_integer_labels_follows_the_label(work):
     assert json.loads((best / "metrics.json").read_text())["metrics"]["rouge-l"] > 90
 
 
-@pytest.mark.parametrize("case", ["no-condition", "unknown", "unlabelled-model", "mixed", "gpt", "pack"])
+@pytest.mark.parametrize("case", ["no-condition", "unknown", "unlabelled-model", "mixed", "dev-unlabelled", "gpt",
+                                  "pack"])
 def test_user_errors(work, lm_model, tmp_path, case, capsys):
     d = work
     if case in ("no-condition", "unknown"):
@@ -182,6 +183,11 @@ def test_user_errors(work, lm_model, tmp_path, case, capsys):
         argv = ["finetune", "--init", d / "hf", "--train", tmp_path / "t.jsonl", "--dev", tmp_path / "t.jsonl",
                 "--output", tmp_path / "o", "--objective", "lm"]
         match = "some lines have a \"label\""
+    elif case == "dev-unlabelled":
+        (tmp_path / "dev.jsonl").write_text('{"text": "今天"}\n', encoding="utf-8")
+        argv = ["finetune", "--init", d / "hf", "--train", d / "lm.jsonl", "--dev", tmp_path / "dev.jsonl",
+                "--output", tmp_path / "o", "--objective", "lm"]
+        match = "dev.jsonl has no condition labels but"
     elif case == "gpt":
         from t5pegasus.finetune.data import check_labelled
 
