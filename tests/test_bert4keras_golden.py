@@ -144,13 +144,14 @@ _CLN_NORMS = {"Embedding-Norm": ("embeddings_norm",), "MLM-Norm": ("mlm_norm",),
               **{f"Transformer-{i}-FeedForward-Norm": (f"layers_{i}", "mlp_norm") for i in range(2)}}
 
 
-def test_conditional_layer_norm_reproduces_bert4keras_for_two_labels():
-    """The checkpoint holds the unconditioned BERT (bert4keras' variable_mapping names no conditional weight);
-    the condition projections and the label embedding come from condition.npz, placed here by hand."""
+def _cln_model(cond):
+    """The golden's BERT with bert4keras' label embedding as our `condition_embeddings` table and its condition
+    projections in our conditional LayerNorms (the checkpoint holds the unconditioned BERT: bert4keras'
+    variable_mapping names no conditional weight, so they come from condition.npz)."""
     cfg, params = load_tf(BERT_CLN)
-    with np.load(BERT_CLN / "condition.npz") as f:
-        cond = dict(f)
-    cfg = cfg.replace(mask="causal", conditional_layer_norm=True, condition_size=cond["label_embedding"].shape[1])
+    table = cond["label_embedding"]
+    cfg = cfg.replace(mask="causal", conditional_layer_norm=True, condition_size=table.shape[1],
+                      num_conditions=table.shape[0])
     params = jax.tree.map(np.asarray, params)
     assert {k.split("/")[0] for k in cond if k != "label_embedding"} == set(_CLN_NORMS)
     for layer, path in _CLN_NORMS.items():
@@ -159,16 +160,55 @@ def test_conditional_layer_norm_reproduces_bert4keras_for_two_labels():
             module = module[p]
         module["condition_scale"] = cond[f"{layer}/gamma_dense"]
         module["condition_bias"] = cond[f"{layer}/beta_dense"]
+    params["condition_embeddings"] = table
+    return cfg, params
+
+
+def test_conditional_layer_norm_reproduces_bert4keras_for_two_labels():
+    """bert4keras' `layer_norm_cond` = Embedding(labels, 16)(label): our model looks the label up in its own
+    table (`labels`), so the parity covers the embedding as well as the conditional LayerNorms."""
+    with np.load(BERT_CLN / "condition.npz") as f:
+        cond = dict(f)
+    cfg, params = _cln_model(cond)
     g = golden(BERT_CLN)
-    condition = jnp.asarray(cond["label_embedding"][g["labels"][:, 0]])
-    out = tp.models.Bert(cfg).apply({"params": params}, jnp.asarray(g["token_ids"]), jnp.asarray(g["segment_ids"]),
-                                    condition=condition)
+    ids, segments = jnp.asarray(g["token_ids"]), jnp.asarray(g["segment_ids"])
+    out = tp.models.Bert(cfg).apply({"params": params}, ids, segments, labels=jnp.asarray(g["labels"][:, 0]))
     valid = g["token_ids"] != 0
     assert logprob_error(out.logits, g["probs"], valid) < TOL
     # each label's rows on their own, and the label matters by far more than the tolerance
     for rows in (slice(0, 2), slice(2, 4)):
         assert logprob_error(out.logits[rows], g["probs"][rows], valid[rows]) < TOL
     assert logprob_error(out.logits[0:2], g["probs"][2:4], valid[0:2]) > 100 * TOL
+    # the table lookup is the by-hand lookup of the label embedding, fed as a raw condition vector
+    by_hand = tp.models.Bert(cfg).apply({"params": params}, ids, segments,
+                                        condition=jnp.asarray(cond["label_embedding"][g["labels"][:, 0]]))
+    np.testing.assert_allclose(np.asarray(by_hand.logits), np.asarray(out.logits), rtol=0, atol=1e-5)
+
+
+def test_cached_decoding_with_a_label_equals_the_full_forward():
+    """The causal (application='lm') model decoded chunk by chunk through the KV cache, the label given to
+    every chunk, computes the full forward's logits."""
+    from t5pegasus.models.bert import decode_step, init_cache
+
+    with np.load(BERT_CLN / "condition.npz") as f:
+        cfg, params = _cln_model(dict(f))
+    g = golden(BERT_CLN)
+    ids = jnp.asarray(g["token_ids"])
+    labels = jnp.asarray(g["labels"][:, 0])
+    model = tp.models.Bert(cfg)
+    full = model.apply({"params": params}, ids, labels=labels).logits
+    cache = init_cache(model, params, ids.shape[0], ids.shape[1])
+    steps = [ids[:, :3]] + [ids[:, i:i + 1] for i in range(3, ids.shape[1])]
+    got = []
+    for chunk in steps:
+        out, cache = decode_step(model, params, cache, chunk, mask=jnp.ones(chunk.shape, bool), labels=labels)
+        got.append(out.logits)
+    valid = np.asarray(g["token_ids"] != 0)
+    err = np.abs(np.asarray(jnp.concatenate(got, 1)) - np.asarray(full))[valid].max()
+    assert err < 1e-4, err
+    wrong, _ = decode_step(model, params, init_cache(model, params, ids.shape[0], ids.shape[1]), ids,
+                           mask=jnp.ones(ids.shape, bool), labels=1 - labels)
+    assert np.abs(np.asarray(wrong.logits) - np.asarray(full))[valid].max() > 100 * TOL
 
 
 # --- CPM-LM shaped GPT-2 (model='gpt2'; bert4keras' gpt/... names) -------------------------------------------

@@ -164,7 +164,7 @@ def test_user_errors_are_one_line(work, case, capsys, tmp_path):
         "bad-dev-line": (base[:5] + ["--dev", str(bad)] + base[7:], "bad.jsonl:2: key 'tgt' is missing"),
         "unknown-model": (["generate", "--model", str(tmp_path), "--input", str(d / "inputs.txt")],
                           "is not a model folder"),
-        "wrong-objective": (base + ["--objective", "lm"], "objective lm trains a gpt model"),
+        "wrong-objective": (base + ["--objective", "lm"], "objective lm trains a bert or gpt model"),
         "evaluate-bad-data": (["evaluate", "--model", str(d / "pre"), "--data", str(bad)], "bad.jsonl:2"),
         "no-ema": (base + ["--ema"], "kept no EMA of the weights"),
     }[case]  # fmt: skip

@@ -113,7 +113,7 @@ def test_objective_family_mismatch_stops_before_data(tmp_path):
     from t5pegasus.training.loop import train
 
     cache = tmp_path / "cache"
-    for extra, message in ((["objective.kind=lm"], "objective 'lm' trains a gpt model"),
+    for extra, message in ((["objective.kind=lm"], "objective 'lm' trains a bert or gpt model"),
                            (["data.task=lm"], "reads examples of data.task seq2seq or pegasus")):
         cfg = runconfig.load(None, [f"data.cache_dir={cache}", f"output_dir={tmp_path}", *extra])
         with pytest.raises(UserError, match=message):

@@ -16,7 +16,8 @@ from t5pegasus.cli.options import add_decoding_args, add_model_args
 def configure(parser: argparse.ArgumentParser) -> None:
     add_model_args(parser)
     parser.add_argument("--data", required=True, metavar="FILE",
-                        help='pairs to score: JSONL {"src": ..., "tgt": ...} or TSV title<TAB>content')
+                        help='pairs to score: JSONL {"src": ..., "tgt": ...} (with a "label" for a conditioned model) '
+                             'or TSV title<TAB>content')
     parser.add_argument("--limit", type=int, default=0, help="score the first N pairs only (0 = all)")
     parser.add_argument("--predictions", metavar="FILE", help="write the generated texts here, one per line")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if args.limit:
         pairs = pairs[: args.limit]
     predictor, settings = open_predictor(args)
-    predictions = [texts[0] for texts in predictor([p.src for p in pairs], settings, seed=args.seed)]
+    labels = [p.label for p in pairs] if any(p.label is not None for p in pairs) else None
+    predictions = [texts[0] for texts in predictor([p.src for p in pairs], settings, seed=args.seed, labels=labels)]
     metrics = score(predictions, [p.tgt for p in pairs])
     if args.predictions:
         from t5pegasus.fileio import write_text

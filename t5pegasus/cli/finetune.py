@@ -18,7 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "PEGASUS release")
     parser.add_argument("--train", required=True, metavar="FILE",
                         help='training pairs: JSONL {"src": ..., "tgt": ...} or TSV title<TAB>content; for '
-                             '--objective simbert JSONL groups {"text": ..., "synonyms": [...]}')
+                             '--objective simbert JSONL groups {"text": ..., "synonyms": [...]}; a "label" per '
+                             'JSONL line (and {"text", "label"} lines for --objective lm) trains a BERT to '
+                             'generate under a condition label (docs/conditional.md)')
     parser.add_argument("--dev", required=True, metavar="FILE", help="dev pairs (same formats), scored at each eval")
     parser.add_argument("--output", metavar="DIR", help="run folder (default: runs/finetune-<init folder name>)")
     parser.add_argument("--objective", choices=("seq2seq", "lm", "unilm", "simbert"),

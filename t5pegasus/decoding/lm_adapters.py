@@ -59,47 +59,62 @@ class GPTDecoding(CachedDecoding):
         return logits[:, -1], {"cache": cache, "position": state["position"] + 1}
 
 
+LABELS = "condition_labels"  # decoding input: each example's row of a BERT's label embedding, [batch] int
+
+
 @dataclasses.dataclass(frozen=True)
 class UniLMDecoding(CachedDecoding):
     """UniLM (BERT, `mask="unilm"`, with the MLM head): `inputs["source_ids"]` is `[CLS] source [SEP]`
     (segment 0; `source_mask` defaults to ids != pad); the target (segment 1) is generated after it until
-    `sep_token_id`, the first token predicted at the source's [SEP], as bert4keras' seq2seq decoding does."""
+    `sep_token_id`, the first token predicted at the source's [SEP], as bert4keras' seq2seq decoding does.
+    A causal BERT (`mask="causal"`, bert4keras' application='lm', trained by the `lm` objective) continues the
+    same `[CLS] source [SEP]` with segment ids 0 throughout, as it was trained. `inputs["condition_labels"]`
+    ([batch] rows of the label embedding, `num_conditions`) conditions every sample: the prefill and every step."""
 
     cfg: BertConfig
 
     def __post_init__(self) -> None:
-        if self.cfg.mask != "unilm" or not self.cfg.with_mlm:
-            raise UserError("UniLM decoding needs a BertConfig with mask='unilm' and with_mlm=True")
+        if self.cfg.mask not in ("unilm", "causal") or not self.cfg.with_mlm:
+            raise UserError("BERT decoding needs a BertConfig with mask='unilm' (UniLM) or 'causal' (a BERT LM) "
+                            "and with_mlm=True")
 
     @property
     def eos_token_id(self) -> int:
         return self.cfg.sep_token_id
 
-    def _apply(self, params: Any, cache: Any, ids: Array, segments: Array, mask: Array, positions: Array) -> tuple:
+    def _apply(self, params: Any, cache: Any, ids: Array, segments: Array, mask: Array, positions: Array,
+               labels: Array | None) -> tuple:
         from t5pegasus.models.bert import Bert
 
         out, variables = Bert(self.cfg).apply({"params": params, "cache": cache}, ids, segments, mask,
-                                              positions=positions, decode=True, mutable=["cache"])
+                                              positions=positions, decode=True, mutable=["cache"], labels=labels)
         return out.logits, variables["cache"]
 
     def start(self, params: Any, inputs: dict[str, Array], copies: int, max_new_tokens: int) -> Start:
         from t5pegasus.models.bert import Bert, init_cache
 
         ids, mask = input_ids(inputs, "source_ids", "source_mask", lambda x: x != self.cfg.pad_token_id, "UniLM")
+        labels = inputs.get(LABELS)
+        if labels is not None and not self.cfg.num_conditions:
+            raise UserError("this BERT has no label embedding (num_conditions=0): it takes no condition labels")
         ids, mask, positions = left_align(ids, mask)
         ids, mask, positions = (repeat_rows(x, copies) for x in (ids, mask, positions))
+        labels = None if labels is None else repeat_rows(jnp.asarray(labels, jnp.int32).reshape(-1), copies)
         rows, p = ids.shape
         cache = init_cache(Bert(self.cfg), params, rows, p + max_new_tokens)
         if p > 1:
             _, cache = self._apply(params, cache, ids[:, :-1], jnp.zeros_like(ids[:, :-1]), mask[:, :-1],
-                                   positions[:, :-1])
+                                   positions[:, :-1], labels)
         state = {"cache": cache, "position": positions[:, -1], "segment": jnp.zeros((rows,), jnp.int32)}
+        if labels is not None:
+            state["labels"] = labels  # the same in every copy of an example: `reorder` leaves it
         return Start(state, ids, mask)
 
     def step(self, params: Any, state: Any, ids: Array) -> tuple[Array, Any]:
-        """The first step feeds the source's last token (segment 0); later ones the target (segment 1)."""
+        """The first step feeds the source's last token (segment 0); later ones the target (segment 1; 0 in a
+        causal BERT)."""
         col = lambda x: x[:, None]
         logits, cache = self._apply(params, state["cache"], ids, col(state["segment"]), jnp.ones(ids.shape, bool),
-                                    col(state["position"]))
-        return logits[:, -1], {"cache": cache, "position": state["position"] + 1,
-                               "segment": jnp.ones_like(state["segment"])}
+                                    col(state["position"]), state.get("labels"))
+        target = jnp.ones_like(state["segment"]) if self.cfg.mask == "unilm" else state["segment"]
+        return logits[:, -1], {**state, "cache": cache, "position": state["position"] + 1, "segment": target}

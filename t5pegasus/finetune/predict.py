@@ -61,6 +61,25 @@ class VocabLimited:
         return self.inner.reorder(state, index)
 
 
+def condition_rows(cfg: ConfigBase, labels: Sequence[Any] | None, count: int) -> np.ndarray | None:
+    """Rows of the model's label embedding for one condition label per source (None: the model has none, and
+    none were given); a label the model cannot take, or a missing one for a model that needs it, is a
+    UserError."""
+    rows = getattr(cfg, "num_conditions", 0)
+    if labels is None or all(x is None for x in labels):
+        if rows:
+            names = ", ".join(cfg.condition_labels) or f"0..{rows - 1}"  # type: ignore[attr-defined]
+            raise UserError(f"this model generates under a condition label ({names}): give one (--condition K, or "
+                            "\"label\" in each JSONL input line)")
+        return None
+    if not rows:
+        raise UserError(f"a condition label was given, but this {cfg.family} model has no label embedding "
+                        "(num_conditions=0): it takes none")
+    if len(labels) != count or any(x is None for x in labels):
+        raise UserError("give every input a condition label (or --condition K for all of them)")
+    return np.asarray([cfg.condition_index(x) for x in labels], np.int32)  # type: ignore[attr-defined]
+
+
 def _bucket(n: int, limit: int) -> int:
     size = MIN_BUCKET
     while size < n:
@@ -124,24 +143,32 @@ class Predictor:
         key = self.model.input_name
         return {f"{key}_ids": out, f"{key}_mask": mask}
 
-    def batches(self, sources: Sequence[str], settings: Settings, seed: int = 0) -> Iterator[list[list[str]]]:
-        """Per batch of sources: for each, its `num_return_sequences` generated texts (best first for beams)."""
+    def batches(self, sources: Sequence[str], settings: Settings, seed: int = 0,
+                labels: Sequence[Any] | None = None) -> Iterator[list[list[str]]]:
+        """Per batch of sources: for each, its `num_return_sequences` generated texts (best first for beams);
+        `labels`: each source's condition label (a model with a label embedding)."""
         import jax
 
         from t5pegasus.decoding import generate
+        from t5pegasus.decoding.lm_adapters import LABELS
 
+        conditions = condition_rows(self.cfg, labels, len(sources))
         limit = self._source_limit(settings)
         rows = min(self.batch_size, len(sources))
         rows = -(-rows // self.row_multiple) * self.row_multiple
         key = jax.random.key(seed)
         for b, start in enumerate(range(0, len(sources), self.batch_size)):
             chunk = sources[start : start + self.batch_size]
-            out = generate(self.model, self.params, self._inputs(chunk, rows, limit), settings,
-                           seed=jax.random.fold_in(key, b))
+            inputs = self._inputs(chunk, rows, limit)
+            if conditions is not None:
+                part = conditions[start : start + self.batch_size]
+                inputs[LABELS] = np.concatenate([part, np.full(rows - len(part), part[0], np.int32)])
+            out = generate(self.model, self.params, inputs, settings, seed=jax.random.fold_in(key, b))
             tokens, lengths = jax.device_get((out.tokens, out.lengths))
             yield [[self.tok.decode(tokens[i, j, : lengths[i, j]]) for j in range(tokens.shape[1])]
                    for i in range(len(chunk))]
 
-    def __call__(self, sources: Sequence[str], settings: Settings, seed: int = 0) -> list[list[str]]:
-        """For each source, its generated texts."""
-        return [texts for batch in self.batches(sources, settings, seed) for texts in batch]
+    def __call__(self, sources: Sequence[str], settings: Settings, seed: int = 0,
+                 labels: Sequence[Any] | None = None) -> list[list[str]]:
+        """For each source (under its condition label, when given), its generated texts."""
+        return [texts for batch in self.batches(sources, settings, seed, labels) for texts in batch]

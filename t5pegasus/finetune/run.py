@@ -16,7 +16,15 @@ from t5pegasus import families
 from t5pegasus.convert.model_folder import LoadedModel, align_special_ids, load_model, model_section, open_tokenizer
 from t5pegasus.decoding import Settings
 from t5pegasus.errors import UserError
-from t5pegasus.finetune.data import LAYOUT, Pair, group_pairs, prepare_pairs, read_training_file
+from t5pegasus.finetune.data import (
+    LAYOUT,
+    Pair,
+    check_labelled,
+    group_pairs,
+    label_vocabulary,
+    prepare_pairs,
+    read_training_file,
+)
 from t5pegasus.finetune.metrics import METRICS
 from t5pegasus.training.run_folder import RunFolder
 
@@ -91,6 +99,52 @@ def _model_dict(cfg: Any, objective: str) -> dict[str, Any]:
     family has one (UniLM fine-tuning of a plain BERT: same weights, seq2seq mask; SimBERT: also the linear
     pooler)."""
     return {**model_section(cfg), **families.of(cfg).model_kinds.get(objective, {})}
+
+
+DEFAULT_CONDITION_SIZE = 128  # bert4keras' conditional LM example: Embedding(num_labels, 128)
+
+
+def _label_fields(cfg: Any, objective: str, pairs: list[Any], say: Callable[[str], None]) -> dict[str, Any]:
+    """The model fields a labelled training file needs: none when it has no labels or the model already has a
+    label embedding holding them (each label is checked against it); else a new embedding with a row per label
+    (conditional LayerNorm turned on with `condition_size` 128 unless it is on or `model.condition_size` says)."""
+    rows, names = label_vocabulary(pairs) if LAYOUT[objective] != "simbert" else (0, ())
+    if not rows:
+        return {}
+    check_labelled(cfg, objective)
+    if cfg.num_conditions:
+        for label in {p.label for p in pairs}:
+            cfg.condition_index(label)
+        return {}
+    fields: dict[str, Any] = {"num_conditions": rows, "condition_labels": list(names)}
+    if not cfg.conditional_layer_norm:
+        fields.update(conditional_layer_norm=True, condition_size=DEFAULT_CONDITION_SIZE)
+    say(f"the training pairs have {rows} condition labels{' (' + ', '.join(names) + ')' if names else ''}: "
+        "adding a label embedding and conditional LayerNorm (zero-initialised: the model starts as it was)")
+    return fields
+
+
+def _with_new_params(model_cfg: Any, params: Any, seed: int) -> Any:
+    """`params` plus freshly initialised leaves for the parameters `model_cfg` has and they lack: only the
+    label embedding and conditional LayerNorm projections may be new (the projections start at zero)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import traverse_util
+
+    from t5pegasus.models import unbox
+
+    model = families.of(model_cfg).model.load()(model_cfg)
+    ids = jnp.ones((1, 8), jnp.int32)
+    fresh = jax.jit(lambda key: unbox(model.init(key, ids, labels=jnp.zeros((1,), jnp.int32))["params"]))(
+        jax.random.key(seed))
+    given = traverse_util.flatten_dict(unbox(params))
+    merged = traverse_util.flatten_dict(fresh)
+    new = [k for k in merged if k not in given]
+    odd = [k for k in new if not k[-1].startswith("condition_")]
+    if odd:
+        raise UserError(f"the initial weights lack {', '.join('/'.join(k) for k in odd[:5])}")
+    merged.update({k: v for k, v in given.items() if k in merged})
+    return traverse_util.unflatten_dict(merged)
 
 
 def _run_config(spec: FinetuneSpec, out: Path, model: dict[str, Any], objective: str, datasets: tuple[Path, Path],
@@ -178,12 +232,19 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
         raise UserError(f"objective {objective} trains a {trains} model; {spec.init} holds a {family.name} model "
                         f"(use --objective {family.default_objective})")
     dev_pairs = group_pairs(dev_read) if LAYOUT[objective] == "simbert" else dev_read
-    lengths = _lengths(spec, _as_overridden(cfg, spec.overrides))
+    labels = _label_fields(cfg, objective, train_pairs, say)
+    if LAYOUT[objective] != "simbert" and (label_vocabulary(train_pairs)[0] > 0) != (label_vocabulary(dev_read)[0] > 0):
+        raise UserError(f"{spec.train if train_pairs[0].label is None else spec.dev} has no condition labels but "
+                        f"{spec.dev if train_pairs[0].label is None else spec.train} has: give both a \"label\" per "
+                        "line, or neither")
+    model = {**_model_dict(cfg, objective), **labels}
+    labelled_cfg = _as_overridden(cfg.replace(**model) if labels else cfg, spec.overrides)
+    lengths = _lengths(spec, labelled_cfg)
     tok_spec = tokenizer_spec(loaded.tokenizer_path, tok, loaded.tokenizer_kind)
     data_dir = out / "data"
-    datasets = tuple(prepare_pairs(f, data_dir, tok, tok_spec, objective, *lengths, pairs=p)
+    datasets = tuple(prepare_pairs(f, data_dir, tok, tok_spec, objective, *lengths, pairs=p, cfg=labelled_cfg)
                      for f, p in ((spec.train, train_pairs), (spec.dev, dev_read)))
-    run_cfg = _run_config(spec, out, _model_dict(cfg, objective), objective, datasets, lengths)
+    run_cfg = _run_config(spec, out, model, objective, datasets, lengths)
     model_cfg = run_cfg.model_config()
     settings = (spec.settings or Settings()).replace(max_new_tokens=spec.max_new_tokens or lengths[1])
     info = {"init": str(spec.init), "train": str(Path(spec.train).absolute()), "dev": str(Path(spec.dev).absolute()),
@@ -196,6 +257,7 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
     keeper = BestKeeper(out, spec.metric, resuming=resuming)
     dev_eval: list[Pair] = dev_pairs[: spec.eval_limit] if spec.eval_limit else dev_pairs
     momentum = run_cfg.optim.ema
+    model_cfg_labels = bool(getattr(model_cfg, "num_conditions", 0))
 
     def evaluate(step: int, state: Any) -> dict[str, float]:
         from t5pegasus.finetune.metrics import score
@@ -203,7 +265,9 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
         params = ema_params(state, momentum) if run_cfg.eval.use_ema and momentum else state.params
         predictor = Predictor(model_cfg, params, tok, max_source_len=lengths[0],
                               batch_size=spec.eval_batch_size or spec.batch_size, row_multiple=jax.device_count())
-        predictions = [texts[0] for texts in predictor([p.src for p in dev_eval], settings, seed=spec.seed)]
+        conditions = [p.label for p in dev_eval] if model_cfg_labels else None
+        predictions = [texts[0] for texts in predictor([p.src for p in dev_eval], settings, seed=spec.seed,
+                                                       labels=conditions)]
         metrics = score(predictions, [p.tgt for p in dev_eval])
         improved = keeper.better(metrics)
         if improved:
@@ -215,7 +279,7 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
 
     def initial_params() -> Any:  # handed over once, so the loaded copy is freed when the state holds it
         params, loaded.params = loaded.params, None
-        return params
+        return _with_new_params(model_cfg, params, spec.seed) if labels else params
 
     if resuming:
         say(f"resuming the fine-tuning run in {out}")

@@ -135,8 +135,10 @@ class Bert(nn.Module):
     """`__call__(ids, segment_ids, mask, condition)` -> BertOutput(hidden, pooled, logits).
 
     segment_ids default to zeros and mask to `ids != pad_token_id`; `condition` [b, condition_size] feeds the
-    conditional LayerNorms (zeros if omitted). With `decode=True` the call is one cached chunk (see
-    `init_cache`): positions continue from the cache, and in unilm mode the chunk's segment ids place it.
+    conditional LayerNorms (zeros if omitted), or, in a model with a label embedding (`num_conditions`),
+    `labels` [b] (int rows of `condition_embeddings`) gives it (`condition_from_labels`). With `decode=True`
+    the call is one cached chunk (see `init_cache`): positions continue from the cache, and in unilm mode the
+    chunk's segment ids place it.
     """
 
     cfg: BertConfig
@@ -144,10 +146,21 @@ class Bert(nn.Module):
     @nn.compact
     def __call__(self, ids: Array, segment_ids: Array | None = None, mask: Array | None = None,
                  condition: Array | None = None, positions: Array | None = None, deterministic: bool = True,
-                 decode: bool = False) -> BertOutput:
+                 decode: bool = False, labels: Array | None = None) -> BertOutput:
         cfg, kw, std = self.cfg, _kw(self.cfg), self.cfg.initializer_range
         segment_ids = jnp.zeros_like(ids) if segment_ids is None else segment_ids
         valid = (ids != cfg.pad_token_id) if mask is None else mask.astype(bool)
+        if cfg.num_conditions:
+            table = self.param("condition_embeddings", nn.with_logical_partitioning(
+                nn.initializers.variance_scaling(1.0, "fan_out", "normal"), (None, None)),
+                (cfg.num_conditions, cfg.condition_size), dtype_of(cfg.param_dtype))
+            if labels is not None:
+                if condition is not None:
+                    raise UserError("give Bert either `labels` (rows of its label embedding) or a `condition` "
+                                    "vector, not both")
+                condition = condition_from_labels(table, labels)
+        elif labels is not None:
+            raise UserError("this BERT has no label embedding (num_conditions=0); it takes no `labels`")
         if cfg.conditional_layer_norm and condition is None:
             condition = jnp.zeros((ids.shape[0], cfg.condition_size), jnp.float32)
         key_valid = valid
@@ -187,6 +200,12 @@ class Bert(nn.Module):
         return BertOutput(hidden=x, pooled=pooled, logits=logits)
 
 
+def condition_from_labels(table: Array, labels: Array) -> Array:
+    """[b, condition_size] float32 rows of the label embedding `table` for int `labels` [b] (or [b, 1])."""
+    labels = jnp.asarray(labels, jnp.int32).reshape(-1)
+    return jnp.take(table.astype(jnp.float32), labels, axis=0)
+
+
 def init_cache(model: Bert, params: Any, batch_size: int, max_length: int) -> Any:
     """An empty KV cache for `max_length` positions (source and target together)."""
     dummy = jnp.zeros((batch_size, max_length), jnp.int32)
@@ -196,12 +215,14 @@ def init_cache(model: Bert, params: Any, batch_size: int, max_length: int) -> An
 
 
 def decode_step(model: Bert, params: Any, cache: Any, ids: Array, segment_ids: Array | None = None,
-                mask: Array | None = None, condition: Array | None = None) -> tuple[BertOutput, Any]:
+                mask: Array | None = None, condition: Array | None = None,
+                labels: Array | None = None) -> tuple[BertOutput, Any]:
     """Run the next chunk of tokens against the cache; returns (outputs for the chunk, updated cache).
 
     UniLM generation: first the whole source in one call (segment ids 0; its tokens see each other), then
-    target tokens one at a time with segment ids 1. `mask` marks real tokens (default: ids != pad).
+    target tokens one at a time with segment ids 1. `mask` marks real tokens (default: ids != pad); `labels`
+    (or `condition`) must be given to every chunk: the conditional LayerNorms of each step read it.
     """
     out, variables = model.apply({"params": params, "cache": cache}, ids, segment_ids, mask, condition,
-                                 decode=True, mutable=["cache"])
+                                 decode=True, mutable=["cache"], labels=labels)
     return out, variables["cache"]

@@ -40,13 +40,14 @@ class T5pegasusExamples(tfds.core.GeneratorBasedBuilder):
     code_path = epath.Path(__file__)
 
     def __init__(self, *, examples: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
-                 beam_examples: Any = None, **kwargs):
+                 beam_examples: Any = None, extra_features: tuple[str, ...] = (), **kwargs):
+        self._extra_features = tuple(extra_features)  # before tfds reads `_info`
         super().__init__(**kwargs)
         self._examples = examples
         self._beam_examples = beam_examples  # a Beam PTransform of (key, example) pairs: tfds runs it with Beam
 
     def _info(self) -> tfds.core.DatasetInfo:
-        names = FEATURES[self.builder_config.name]
+        names = FEATURES[self.builder_config.name] + self._extra_features
         features = {f: tfds.features.Tensor(shape=(None,), dtype=np.int32) for f in names}
         return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
 
@@ -69,8 +70,10 @@ def write_dataset(
     *,
     overwrite: bool = False,
     beam: tuple[Callable[[Path], Any], Callable[[Path], dict[str, Any]], Any] | None = None,
+    extra_features: tuple[str, ...] = (),
 ) -> Path:
-    """Write examples as array_record shards plus `t5pegasus.json` (`metadata()` is called after).
+    """Write examples as array_record shards plus `t5pegasus.json` (`metadata()` is called after);
+    `extra_features`: int32 fields every example has beside the task's (a fine-tuning pair's condition `label`).
 
     With `beam` = (transform(tmp), metadata(tmp), tfds DownloadConfig) the examples come from a Beam transform of
     (key, example) pairs that tfds runs on the config's runner, in place of `examples` / `metadata`."""
@@ -90,7 +93,7 @@ def write_dataset(
         if beam is not None:
             kwargs = {"beam_examples": beam[0](tmp)}
         builder = T5pegasusExamples(examples=None if beam else counted, config=task, data_dir=str(tmp),
-                                    file_format="array_record", **kwargs)
+                                    file_format="array_record", extra_features=extra_features, **kwargs)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # tfds prints a banner; our caller reports
                 builder.download_and_prepare(**({"download_config": beam[2]} if beam else {}))

@@ -73,7 +73,10 @@ class _Shaper:
         seg = np.asarray(ex["segment_ids"], np.int32)
         targets = np.append(ids[1:], self.pad).astype(np.int32)
         weights = np.append(seg[1:], 0).astype(np.int32)  # predict the next token when it is target text
-        return {"ids": ids, "segment_ids": seg, "targets": targets, "weights": weights}
+        out = {"ids": ids, "segment_ids": seg, "targets": targets, "weights": weights}
+        if "label" in ex:  # a fine-tuning pair's condition label: its row of the label embedding
+            out["label"] = np.asarray(ex["label"], np.int32)[:1]
+        return out
 
     KINDS = {"encoder_ids": "source", "decoder_ids": "target", "ids": "length"}  # field -> its length's name
 
@@ -105,6 +108,8 @@ class _Shaper:
         for name, length in self.lengths.items():
             pad = 0 if name in ("segment_ids", "weights") else self.pad
             out[name] = np.stack([_row(r[name], length, pad) for r in rows])
+        if "label" in rows[0]:
+            out["label"] = np.stack([r["label"] for r in rows])  # [b, 1]
         return self.finish(out, {name: [min(len(r[name]), n) for r in rows] for name, n in self.lengths.items()})
 
     def finish(self, b: dict[str, np.ndarray], lens: dict[str, list[int]]) -> dict[str, np.ndarray]:
@@ -223,6 +228,9 @@ def make_dataset(
     shaper = _Shaper(meta, max_source_len, max_target_len, max_len)
     if pack and shaper.task in ("unilm", "simbert"):
         raise UserError("packing is not available for UniLM examples (their segment ids are the attention mask)")
+    if pack and meta.get("condition_labels"):
+        raise UserError("packing is not available for examples with condition labels (a label conditions a whole "
+                        "row); set data.pack=false")
     examples = grain.MapDataset.source(open_source(path))
     if shuffle:
         examples = examples.shuffle(seed=seed)

@@ -37,6 +37,7 @@ from t5pegasus.training.objectives import (
     KINDS,
     Objective,
     batch_lengths,
+    check_labels,
     check_objective,
     make_objective,
     to_model_batch,
@@ -208,6 +209,7 @@ def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | 
     _check_data_task(cfg)
     data = prepare(cfg.data, say)
     model_cfg = cfg.model_config(**_model_fields(cfg, data))
+    check_labels(model_cfg, int(data.metadata.get("condition_labels", 0)))
     objective = make_objective(cfg.objective.kind, model_cfg, label_smoothing=cfg.objective.label_smoothing,
                                z_loss=cfg.objective.z_loss, packed=cfg.data.pack_rows is not None)
     if objective_hook is not None:

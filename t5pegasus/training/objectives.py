@@ -4,6 +4,8 @@ The trainer only calls `init` and `loss`; the T5 PEGASUS seq2seq objective, GPT 
 (BERT with a seq2seq mask) and SimBERT (UniLM plus the in-batch similarity of sentence vectors,
 `training/simbert.py`) plug in by name (`objective.kind` in a run config). A kind that packs (`data.pack`)
 names the extra fields of a packed batch (segment ids and per-example positions); its model call passes them.
+A model with a label embedding (BERT `num_conditions`) also reads `label` ([b, 1], the row of each example's
+condition label) on the kinds that take one (`ObjectiveKind.labels`).
 """
 
 from __future__ import annotations
@@ -101,6 +103,43 @@ def _unilm_args(batch: Batch, deterministic: bool) -> tuple[tuple, dict[str, Any
     return (batch["ids"], batch["segment_ids"]), {"deterministic": deterministic}
 
 
+def _lm_mask(model_cfg: Any) -> str | None:
+    mask = getattr(model_cfg, "mask", None)  # a BERT: only its causal mask is a left-to-right LM
+    if mask is not None and mask != "causal":
+        return (f"the lm objective trains a BERT as a left-to-right language model: it needs mask='causal' (set "
+                f"model.mask=causal, or --model-kind lm), not {mask!r}")
+    return None
+
+
+LABEL_FIELD = "label"  # batch field: each example's condition label (its row of the label embedding), [b, 1]
+
+
+def with_labels(call_args: CallArgs) -> CallArgs:
+    """`call_args` that also hands the model each example's condition label (`labels` [b])."""
+
+    def call(batch: Batch, deterministic: bool) -> tuple[tuple, dict[str, Any]]:
+        args, kwargs = call_args(batch, deterministic)
+        return args, {**kwargs, "labels": batch[LABEL_FIELD][:, 0]}
+
+    return call
+
+
+def check_labels(model_cfg: Any, data_labels: int) -> None:
+    """Refuse data whose examples carry condition labels (`data_labels` rows addressed; 0: none) that the model
+    cannot take, and a model with a label embedding trained on data without labels."""
+    rows = getattr(model_cfg, "num_conditions", 0)
+    if data_labels and not rows:
+        raise UserError(f"the data gives each example a condition label ({data_labels} labels) but the model has no "
+                        "label embedding: set model.conditional_layer_norm=true, model.condition_size and "
+                        f"model.num_conditions={data_labels} (BERT), or drop the labels")
+    if rows and not data_labels:
+        raise UserError(f"the model has a label embedding (num_conditions={rows}) but the data has no condition "
+                        "labels: give every example a \"label\" field")
+    if data_labels > rows:
+        raise UserError(f"the data's condition labels address {data_labels} rows, the model's label embedding has "
+                        f"{rows} (num_conditions)")
+
+
 def _unilm_mask(model_cfg: Any) -> str | None:
     if getattr(model_cfg, "mask", None) != "unilm":
         return (f"a seq2seq BERT objective (unilm, simbert) needs mask='unilm' (set model.mask=unilm), not "
@@ -126,6 +165,7 @@ class ObjectiveKind:
     output_loss: OutputLoss | None = None
     # names the log gives the two parts of the loss: (loss - aux, aux) of its TokenSums; None: one loss
     loss_parts: tuple[str, str] | None = None
+    labels: bool = False  # a model with a label embedding can be trained this way (batches carry `label`)
 
 
 def _simbert_run(run_cfg: Any) -> str | None:
@@ -144,10 +184,11 @@ KINDS: dict[str, ObjectiveKind] = {
                                              "decoder_ids": "target", "targets": "target", "weights": "target"},
                              ("seq2seq", "pegasus"), packed=SEQ2SEQ_PACKED),
     "lm": ObjectiveKind(_lm_args, {"ids": "length", "targets": "length", "weights": "length"}, ("lm",),
-                        packed=LM_PACKED),
+                        _lm_mask, packed=LM_PACKED, labels=True),
     "unilm": ObjectiveKind(_unilm_args, {"ids": "length", "segment_ids": "length", "targets": "length",
                                          "weights": "length"}, ("unilm",), _unilm_mask,
-                           no_packing="its segment ids are the source/target split that builds the UniLM mask"),
+                           no_packing="its segment ids are the source/target split that builds the UniLM mask",
+                           labels=True),
     "simbert": ObjectiveKind(_unilm_args, {"ids": "length", "segment_ids": "length", "targets": "length",
                                            "weights": "length", "pair_ids": "row"}, ("simbert",), _unilm_mask,
                              check_run=_simbert_run, output_loss=simbert.objective_loss,
@@ -161,6 +202,9 @@ def packing_problem(kind: str, model_cfg: Any) -> str | None:
     spec = KINDS[kind]
     if not spec.packed:
         return f"data.pack is not available for objective {kind!r}: {spec.no_packing}; set data.pack=false"
+    if getattr(model_cfg, "mask", None) is not None:  # a BERT: its segment ids are token types
+        return (f"data.pack is not available for a BERT with objective {kind!r}: its segment_ids are token types, "
+                "so packed examples cannot be told apart; set data.pack=false")
     attention = model_cfg.attention.kind
     if attention != "softmax":
         return (f"data.pack needs attention.kind='softmax', not {attention!r}: that kernel takes no per-example "
@@ -180,6 +224,10 @@ def check_objective(kind: str, model_cfg: Any) -> None:
     problem = KINDS[kind].check(model_cfg)
     if problem:
         raise UserError(problem)
+    if getattr(model_cfg, "num_conditions", 0) and not KINDS[kind].labels:
+        takes = ", ".join(k for k, spec in KINDS.items() if spec.labels)
+        raise UserError(f"objective {kind!r} does not feed condition labels; a model with a label embedding "
+                        f"(num_conditions) trains with {takes}")
 
 
 def make_objective(kind: str, model_cfg: Any, *, label_smoothing: float = 0.0, z_loss: float = 0.0,
@@ -191,8 +239,11 @@ def make_objective(kind: str, model_cfg: Any, *, label_smoothing: float = 0.0, z
     if packed and (problem := packing_problem(kind, model_cfg)):
         raise UserError(problem)
     fields = {**spec.fields, **spec.packed} if packed else dict(spec.fields)
+    call_args = spec.call_args
+    if getattr(model_cfg, "num_conditions", 0):
+        fields[LABEL_FIELD], call_args = "row", with_labels(call_args)
     model = families.of(model_cfg).model.load()(model_cfg)
-    return Objective(kind, model, spec.call_args, fields, label_smoothing, z_loss, spec.output_loss)
+    return Objective(kind, model, call_args, fields, label_smoothing, z_loss, spec.output_loss)
 
 
 def batch_lengths(batch: Mapping[str, np.ndarray]) -> dict[str, int]:
@@ -205,6 +256,9 @@ def batch_lengths(batch: Mapping[str, np.ndarray]) -> dict[str, int]:
 def to_model_batch(batch: Mapping[str, np.ndarray], obj: Objective) -> dict[str, np.ndarray]:
     """Keep the fields the objective reads (a loader batch can carry more)."""
     missing = [f for f in obj.fields if f not in batch]
+    if LABEL_FIELD in missing:
+        raise UserError("the model has a label embedding (num_conditions) but the dataset's examples carry no "
+                        "condition label: give every example a \"label\" field")
     if missing:
         raise UserError(f"the dataset's batches lack {', '.join(missing)} needed by objective {obj.name!r}; "
                         f"prepare the data with a matching --task ({'/'.join(KINDS[obj.name].data_tasks)})")
