@@ -189,6 +189,26 @@ def test_metric_bleu_keeps_the_best_by_bleu(work):
     assert evals[-1]["best_bleu"] == best["value"]
 
 
+def test_metric_loss_keeps_the_lowest_dev_loss_over_the_whole_dev_file(work):
+    """--metric loss: best/ holds the step of the lowest held-out loss (the first on a tie), measured over as
+    many batches as it takes to cover the dev file (8 pairs, batches of 16: 1 batch, not the usual 4)."""
+    import yaml
+
+    d = work
+    args = finetune_args(d, 6)
+    args[args.index("--output") + 1] = str(d / "ft-loss")
+    args[args.index("--batch-size") + 1] = "16"
+    code, out = _run(*args, "--metric", "loss")
+    assert code == 0, out
+    assert yaml.safe_load((d / "ft-loss" / "config.yaml").read_text())["eval"]["batches"] == 1
+    evals = [json.loads(x) for x in (d / "ft-loss" / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert [e["step"] for e in evals] == [2, 4, 6] and all("best_loss" in e and "rouge-l" in e for e in evals)
+    best = json.loads((d / "ft-loss" / "best" / "metrics.json").read_text())
+    assert best["metric"] == "loss" and best["value"] == min(e["loss"] for e in evals)
+    assert best["step"] == min(evals, key=lambda e: (e["loss"], e["step"]))["step"]
+    assert evals[-1]["best_loss"] == best["value"]
+
+
 def test_finetune_from_a_hf_folder_starts_from_its_weights(work, tmp_path):
     """--init HF_DIR (a HF transformers T5 folder with its vocab.txt): with a learning rate of 1e-30 (updates far
     below float32 resolution) the best model holds the HF folder's weights, read back through another export."""

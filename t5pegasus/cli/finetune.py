@@ -9,6 +9,7 @@ import argparse
 import shlex
 
 from t5pegasus.cli.options import add_decoding_args, add_model_kind_arg, add_tokenizer_kind_arg, settings_from_args
+from t5pegasus.finetune.metrics import SELECTION
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,8 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                                                     "checkpoints (200)")
     parser.add_argument("--eval-limit", type=int, default=0, help="generate on the first N dev pairs (0 = all)")
     parser.add_argument("--eval-batch-size", type=int, help="dev inputs decoded together (default: --batch-size)")
-    parser.add_argument("--metric", choices=("rouge-l", "rouge-1", "rouge-2", "bleu"), default="rouge-l",
-                        help="dev metric that picks the best model (rouge-l)")
+    parser.add_argument("--metric", choices=SELECTION, default="rouge-l",
+                        help="dev metric that picks the best model (rouge-l; loss: the dev loss, lowest wins, "
+                             "for a language model that generates from nothing)")
     parser.add_argument("--seed", type=int, default=0, help="data order, dropout and dev sampling seed (0)")
     add_decoding_args(parser, max_length_help="default: --max-target-len", seed=False)
     parser.add_argument("overrides", nargs="*", metavar="key=value",

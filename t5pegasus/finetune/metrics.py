@@ -15,6 +15,14 @@ from collections import Counter
 from collections.abc import Sequence
 
 METRICS = ("rouge-1", "rouge-2", "rouge-l", "bleu")
+# what may pick the best model: a generation score (higher is better) or the dev loss ("loss": the token
+# cross-entropy of the dev pairs, lower is better; the one that means something for an LM generating from nothing)
+SELECTION = ("rouge-l", "rouge-1", "rouge-2", "bleu", "loss")
+
+
+def better(metric: str, new: float, old: float | None) -> bool:
+    """Whether `new` beats the best value so far of `metric` (`old`; None: nothing yet)."""
+    return old is None or (new < old if metric == "loss" else new > old)
 
 _CJK = (
     "\u2e80-\u2fdf\u3040-\u30ff\u3100-\u312f\u3190-\u31ff\u3400-\u4dbf\u4e00-\u9fff"

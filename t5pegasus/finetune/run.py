@@ -25,7 +25,7 @@ from t5pegasus.finetune.data import (
     prepare_pairs,
     read_training_file,
 )
-from t5pegasus.finetune.metrics import METRICS
+from t5pegasus.finetune.metrics import SELECTION, better
 from t5pegasus.training.run_folder import RunFolder
 
 
@@ -148,7 +148,7 @@ def _with_new_params(model_cfg: Any, params: Any, seed: int) -> Any:
 
 
 def _run_config(spec: FinetuneSpec, out: Path, model: dict[str, Any], objective: str, datasets: tuple[Path, Path],
-                lengths: tuple[int, int]) -> Any:
+                lengths: tuple[int, int], dev_size: int) -> Any:
     from t5pegasus.training import runconfig
 
     source, target = lengths
@@ -162,7 +162,9 @@ def _run_config(spec: FinetuneSpec, out: Path, model: dict[str, Any], objective:
                   "warmup_steps": spec.warmup_steps, "weight_decay": 0.01, "clip": 1.0},
         "train": {"steps": spec.steps, "log_every": max(1, min(10, spec.eval_every))},
         "checkpoint": {"every": spec.eval_every, "keep": 2},
-        "eval": {"every": spec.eval_every, "batches": 4},
+        # the dev loss over 4 batches, or over the whole dev file when it picks the best model
+        "eval": {"every": spec.eval_every,
+                 "batches": -(-dev_size // spec.batch_size) if spec.metric == "loss" else 4},
     }  # fmt: skip
     return runconfig.from_dict(runconfig.merge(base, runconfig.parse_overrides(list(spec.overrides))))
 
@@ -180,7 +182,7 @@ class BestKeeper:
         self.step = None if saved is None else saved.get("step")
 
     def better(self, metrics: dict[str, float]) -> bool:
-        return self.value is None or metrics[self.metric] > self.value
+        return better(self.metric, metrics[self.metric], self.value)
 
     def save(self, step: int, params: Any, cfg: Any, tokenizer_path: Path, info: dict[str, Any],
              metrics: dict[str, float]) -> None:
@@ -214,8 +216,8 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
 
     lead = jax.process_index() == 0
     say = say or (lambda text: print(text, flush=True) if lead else None)
-    if spec.metric not in METRICS:
-        raise UserError(f"unknown metric {spec.metric!r}; choose one of: {', '.join(METRICS)}")
+    if spec.metric not in SELECTION:
+        raise UserError(f"unknown metric {spec.metric!r}; choose one of: {', '.join(SELECTION)}")
     out = Path(spec.output).absolute()
     if spec.objective is not None and spec.objective not in LAYOUT:
         raise UserError(f"unknown objective {spec.objective!r}; choose one of: {', '.join(LAYOUT)}")
@@ -244,7 +246,7 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
     data_dir = out / "data"
     datasets = tuple(prepare_pairs(f, data_dir, tok, tok_spec, objective, *lengths, pairs=p, cfg=labelled_cfg)
                      for f, p in ((spec.train, train_pairs), (spec.dev, dev_read)))
-    run_cfg = _run_config(spec, out, model, objective, datasets, lengths)
+    run_cfg = _run_config(spec, out, model, objective, datasets, lengths, len(dev_read))
     model_cfg = run_cfg.model_config()
     settings = (spec.settings or Settings()).replace(max_new_tokens=spec.max_new_tokens or lengths[1])
     info = {"init": str(spec.init), "train": str(Path(spec.train).absolute()), "dev": str(Path(spec.dev).absolute()),
@@ -259,7 +261,7 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
     momentum = run_cfg.optim.ema
     model_cfg_labels = bool(getattr(model_cfg, "num_conditions", 0))
 
-    def evaluate(step: int, state: Any) -> dict[str, float]:
+    def evaluate(step: int, state: Any, held_out: dict[str, float]) -> dict[str, float]:
         from t5pegasus.finetune.metrics import score
 
         params = ema_params(state, momentum) if run_cfg.eval.use_ema and momentum else state.params
@@ -268,7 +270,8 @@ def finetune(spec: FinetuneSpec, say: Callable[[str], None] | None = None) -> Fi
         conditions = [p.label for p in dev_eval] if model_cfg_labels else None
         predictions = [texts[0] for texts in predictor([p.src for p in dev_eval], settings, seed=spec.seed,
                                                        labels=conditions)]
-        metrics = score(predictions, [p.tgt for p in dev_eval])
+        metrics = {**score(predictions, [p.tgt for p in dev_eval]),
+                   **({"loss": held_out["loss"]} if spec.metric == "loss" else {})}
         improved = keeper.better(metrics)
         if improved:
             keeper.save(step, params, model_cfg, loaded.tokenizer_path, info, metrics)

@@ -154,7 +154,7 @@ class _Context:
     lengths: dict[str, int]
     rows: list[int]  # this process's rows of each global batch (meshlib.process_rows)
     stop: _StopSignals
-    eval_hook: Callable[[int, TrainState], dict[str, float]] | None
+    eval_hook: Callable[[int, TrainState, dict[str, float]], dict[str, float]] | None
 
 
 def _global_batch(local: dict[str, np.ndarray], sharding: Any) -> dict[str, jax.Array]:
@@ -192,12 +192,13 @@ def _producer(it: Any, objective: Objective, sharding: Any, global_batch: int) -
 def train(cfg: RunConfig, *, objective_hook: Callable[[Objective], Objective] | None = None,
           say: Callable[[str], None] | None = None, keep_state: bool = False,
           initial_params: Callable[[], Any] | None = None,
-          eval_hook: Callable[[int, TrainState], dict[str, float]] | None = None) -> RunResult:
+          eval_hook: Callable[[int, TrainState, dict[str, float]], dict[str, float]] | None = None,
+          ) -> RunResult:
     """Run (or resume) the training job `cfg`; returns where it ended and its last metrics.
 
     `initial_params()` (fine-tuning) gives the weights to start from when there is no checkpoint to resume
-    (instead of a random init); `eval_hook(step, state)` runs at every evaluation step, after the held-out
-    loss, and its metrics are logged with it.
+    (instead of a random init); `eval_hook(step, state, held_out)` runs at every evaluation step, after the
+    held-out loss (its metrics, empty without held-out data), and its metrics are logged with them.
     """
     d = cfg.distributed
     maybe_initialize(d.coordinator, d.num_processes, d.process_id, d.local_device_ids, d.heartbeat_timeout)
@@ -358,7 +359,7 @@ def _loop(c: _Context, state: TrainState, start: int, result: RunResult, keep_st
                 window.restart()
             if eval_now:
                 held_out = _evaluate(c, state) if c.data.eval else {}
-                result.last_eval = {**held_out, **(c.eval_hook(step, state) if c.eval_hook else {})}
+                result.last_eval = {**held_out, **(c.eval_hook(step, state, held_out) if c.eval_hook else {})}
                 log.write(step, "eval", result.last_eval)
             if save_now:
                 ckpt.save(state, position, force=True)
