@@ -66,6 +66,7 @@ def _finetune(d, train, objective, out, steps=24):
                       "--eval-limit", 4, "--max-source-len", 8, "--max-target-len", 6, "--lr", "1e-2",
                       "model.condition_size=8", *QUIET)
     assert code == 0, text
+    assert "--condition LABEL (one of: " in text  # the next-step hint says the model needs a label
     return d / out / "best"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
 from t5pegasus.cli.options import add_decoding_args, add_model_kind_arg, add_tokenizer_kind_arg, settings_from_args
 from t5pegasus.finetune.metrics import SELECTION
@@ -102,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         model = shlex.quote(str(result.best_dir))
         lines += [
             f"  best model:  {result.best_dir} (step {best['step']}, {best['metric']} {best['value']:.2f}; {shown})",
-            f"  generate:    t5pegasus generate --model {model} --input FILE   (or type lines on stdin)",
+            f"  generate:    t5pegasus generate --model {model}{_condition_arg(result.best_dir)} --input FILE   "
+            "(or type lines on stdin)",
             f"  evaluate:    t5pegasus evaluate --model {model} --data {shlex.quote(args.dev)}",
             f"  export:      t5pegasus convert {model} OUT_DIR",
         ]
@@ -111,3 +113,15 @@ def run(args: argparse.Namespace) -> int:
     lines.append("  resume:      rerun the same command (add --steps N to train longer)")
     print("\n".join(lines))
     return code
+
+
+def _condition_arg(best_dir: Path) -> str:
+    """` --condition LABEL (one of …)` for a model that generates under a condition label, else ""."""
+    from t5pegasus.training.run_folder import RunFolder
+
+    cfg = RunFolder(best_dir).model_config()
+    rows = getattr(cfg, "num_conditions", 0)
+    if not rows:
+        return ""
+    names = cfg.condition_labels or tuple(str(i) for i in range(rows))
+    return f" --condition LABEL (one of: {', '.join(names)})"
