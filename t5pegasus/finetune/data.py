@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from t5pegasus.errors import UserError
+from t5pegasus.pretrain.examples import LABEL
 from t5pegasus.text.base import Tokenizer
 
 # objective -> stored task of the prepared dataset
@@ -213,7 +214,7 @@ def make_examples(tok: Tokenizer, pairs: Sequence[Pair], objective: str, max_sou
     for pair in pairs:
         example = make(tok, pair, max_source_len, max_target_len)
         if pair.label is not None:
-            example["label"] = np.asarray([cfg.condition_index(pair.label)], np.int32)
+            example[LABEL] = np.asarray([cfg.condition_index(pair.label)], np.int32)
         yield example
 
 
@@ -261,5 +262,5 @@ def prepare_pairs(path: str | os.PathLike, folder: str | os.PathLike, tok: Token
     if labelled:  # the rows the stored labels address (their names are the model config's condition_labels)
         metadata["condition_labels"] = cfg.num_conditions
     write_dataset(out, task, lambda: make_examples(tok, pairs, objective, max_source_len, max_target_len, cfg),
-                  lambda: metadata, overwrite=True, extra_features=("label",) if labelled else ())
+                  lambda: metadata, overwrite=True, extra_features=(LABEL,) if labelled else ())
     return out

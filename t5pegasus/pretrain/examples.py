@@ -33,6 +33,9 @@ from t5pegasus.text.base import Tokenizer
 TASKS = ("seq2seq", "pegasus", "lm", "unilm", "simbert")
 FEATURES = {"seq2seq": ("source", "target"), "pegasus": ("source", "target"), "lm": ("ids",),
             "unilm": ("ids", "segment_ids"), "simbert": ("ids", "lengths")}  # fmt: skip
+# The field a labelled fine-tuning example stores beside its task's ([1] int32: its row of the model's label
+# embedding), and the batch field the loader makes of it ([b, 1]).
+LABEL = "label"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import numpy as np
 from t5pegasus.errors import UserError
 from t5pegasus.pretrain import groups
 from t5pegasus.pretrain.builder import open_source, read_metadata
+from t5pegasus.pretrain.examples import LABEL
 
 
 def _row(seq: np.ndarray, length: int, pad: int) -> np.ndarray:
@@ -74,8 +75,8 @@ class _Shaper:
         targets = np.append(ids[1:], self.pad).astype(np.int32)
         weights = np.append(seg[1:], 0).astype(np.int32)  # predict the next token when it is target text
         out = {"ids": ids, "segment_ids": seg, "targets": targets, "weights": weights}
-        if "label" in ex:  # a fine-tuning pair's condition label: its row of the label embedding
-            out["label"] = np.asarray(ex["label"], np.int32)[:1]
+        if LABEL in ex:  # a fine-tuning pair's condition label: its row of the label embedding
+            out[LABEL] = np.asarray(ex[LABEL], np.int32)[:1]
         return out
 
     KINDS = {"encoder_ids": "source", "decoder_ids": "target", "ids": "length"}  # field -> its length's name
@@ -108,8 +109,8 @@ class _Shaper:
         for name, length in self.lengths.items():
             pad = 0 if name in ("segment_ids", "weights") else self.pad
             out[name] = np.stack([_row(r[name], length, pad) for r in rows])
-        if "label" in rows[0]:
-            out["label"] = np.stack([r["label"] for r in rows])  # [b, 1]
+        if LABEL in rows[0]:
+            out[LABEL] = np.stack([r[LABEL] for r in rows])  # [b, 1]
         return self.finish(out, {name: [min(len(r[name]), n) for r in rows] for name, n in self.lengths.items()})
 
     def finish(self, b: dict[str, np.ndarray], lens: dict[str, list[int]]) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ from jax import Array
 
 from t5pegasus import families
 from t5pegasus.errors import UserError
+from t5pegasus.pretrain.examples import LABEL
 from t5pegasus.training import simbert
 from t5pegasus.training.losses import TokenSums, cross_entropy
 
@@ -111,15 +112,12 @@ def _lm_mask(model_cfg: Any) -> str | None:
     return None
 
 
-LABEL_FIELD = "label"  # batch field: each example's condition label (its row of the label embedding), [b, 1]
-
-
 def with_labels(call_args: CallArgs) -> CallArgs:
     """`call_args` that also hands the model each example's condition label (`labels` [b])."""
 
     def call(batch: Batch, deterministic: bool) -> tuple[tuple, dict[str, Any]]:
         args, kwargs = call_args(batch, deterministic)
-        return args, {**kwargs, "labels": batch[LABEL_FIELD][:, 0]}
+        return args, {**kwargs, "labels": batch[LABEL][:, 0]}
 
     return call
 
@@ -241,7 +239,7 @@ def make_objective(kind: str, model_cfg: Any, *, label_smoothing: float = 0.0, z
     fields = {**spec.fields, **spec.packed} if packed else dict(spec.fields)
     call_args = spec.call_args
     if getattr(model_cfg, "num_conditions", 0):
-        fields[LABEL_FIELD], call_args = "row", with_labels(call_args)
+        fields[LABEL], call_args = "row", with_labels(call_args)
     model = families.of(model_cfg).model.load()(model_cfg)
     return Objective(kind, model, call_args, fields, label_smoothing, z_loss, spec.output_loss)
 
@@ -256,7 +254,7 @@ def batch_lengths(batch: Mapping[str, np.ndarray]) -> dict[str, int]:
 def to_model_batch(batch: Mapping[str, np.ndarray], obj: Objective) -> dict[str, np.ndarray]:
     """Keep the fields the objective reads (a loader batch can carry more)."""
     missing = [f for f in obj.fields if f not in batch]
-    if LABEL_FIELD in missing:
+    if LABEL in missing:
         raise UserError("the model has a label embedding (num_conditions) but the dataset's examples carry no "
                         "condition label: give every example a \"label\" field")
     if missing:
